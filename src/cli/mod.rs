@@ -1,0 +1,45 @@
+pub mod bench;
+pub mod inspect;
+pub mod tag;
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Result};
+use clap::Args;
+
+use mambatag::engine::{Device, EngineOptions};
+use mambatag::model::ModelPackage;
+
+/// Options shared by every subcommand that runs a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model package directory (with step.onnx) or a .onnx file. Default: models/default.
+    #[arg(short, long)]
+    pub model: Option<PathBuf>,
+    /// Where to run the model.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    pub device: Device,
+    /// ONNX Runtime intra-op threads per engine.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+impl ModelArgs {
+    pub fn package(&self) -> Result<ModelPackage> {
+        let path = match &self.model {
+            Some(p) => p.clone(),
+            None => mambatag::default_model_path().ok_or_else(|| {
+                anyhow!("no model given and no models/default found; pass --model PATH (e.g. models/test-tiny)")
+            })?,
+        };
+        Ok(ModelPackage::locate(&path)?)
+    }
+
+    pub fn engine_options(&self) -> EngineOptions {
+        EngineOptions {
+            device: self.device,
+            threads: self.threads,
+            ..Default::default()
+        }
+    }
+}

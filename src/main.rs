@@ -1,0 +1,53 @@
+//! `mambatag` command line: parses arguments and dispatches to one function per subcommand.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "mambatag",
+    version,
+    about = "Streaming audio tagging: 10 ms hops in, tags out"
+)]
+struct Cli {
+    /// Log verbosity (error, warn, info, debug, trace); RUST_LOG overrides.
+    #[arg(long, global = true, default_value = "warn")]
+    log: String,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Tag audio files (or raw PCM on stdin with `-`) and print events.
+    Tag(cli::tag::TagArgs),
+    /// Print a model's contract: labels, thresholds, rate, hop, state sizes.
+    Inspect(cli::inspect::InspectArgs),
+    /// Measure step latency, batched throughput and file real-time factor.
+    Bench(cli::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let res = match cli.cmd {
+        Cmd::Tag(a) => cli::tag::run(a),
+        Cmd::Inspect(a) => cli::inspect::run(a),
+        Cmd::Bench(a) => cli::bench::run(a),
+    };
+    match res {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("mambatag: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

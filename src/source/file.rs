@@ -1,0 +1,196 @@
+//! Audio files through symphonia: wav (pcm/float/µ-law/A-law/adpcm), flac, mp3, ogg-vorbis,
+//! aac/m4a, alac, aiff, caf, mkv/webm.
+
+use std::fs::File;
+use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
+use symphonia::core::codecs::audio::{AudioDecoder, AudioDecoderOptions};
+use symphonia::core::errors::Error as SymError;
+use symphonia::core::formats::probe::Hint;
+use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
+use symphonia::core::io::MediaSourceStream;
+use symphonia::core::meta::MetadataOptions;
+
+use super::{check_format, downmix, AudioSource, SourceInfo};
+
+pub struct FileSource {
+    info: SourceInfo,
+    format: Box<dyn FormatReader>,
+    decoder: Box<dyn AudioDecoder>,
+    track_id: u32,
+    interleaved: Vec<f32>,
+    frames_read: u64,
+    decode_errors: u32,
+}
+
+/// Consecutive undecodable packets tolerated before a file counts as corrupt.
+const MAX_DECODE_ERRORS: u32 = 16;
+
+impl FileSource {
+    pub fn open(path: &Path) -> Result<Self> {
+        let name = path.display().to_string();
+        let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow!("no such file"),
+            _ => anyhow!("cannot read: {e}"),
+        })?;
+        if meta.is_dir() {
+            bail!("is a directory (use -r to tag the files in it)");
+        }
+        if meta.len() == 0 {
+            bail!("empty file (0 bytes)");
+        }
+        let file = File::open(path).map_err(|e| anyhow!("cannot open: {e}"))?;
+        let mss = MediaSourceStream::new(Box::new(file), Default::default());
+        let mut hint = Hint::new();
+        if let Some(ext) = path.extension().and_then(|e| e.to_str()) {
+            hint.with_extension(ext);
+        }
+        let format = symphonia::default::get_probe()
+            .probe(
+                &hint,
+                mss,
+                FormatOptions::default(),
+                MetadataOptions::default(),
+            )
+            .map_err(|e| match e {
+                SymError::Unsupported(_) => {
+                    anyhow!("not a supported audio file (unknown or corrupt container)")
+                }
+                SymError::IoError(_) => anyhow!("corrupt or truncated header"),
+                other => anyhow!("corrupt header: {other}"),
+            })?;
+        let track = format
+            .default_track(TrackType::Audio)
+            .ok_or_else(|| anyhow!("no audio track"))?;
+        let params = track
+            .codec_params
+            .as_ref()
+            .and_then(|p| p.audio())
+            .ok_or_else(|| anyhow!("audio track has no codec parameters"))?
+            .clone();
+        let track_id = track.id;
+        let duration = match (track.num_frames, params.sample_rate) {
+            (Some(n), Some(r)) if r > 0 => Some(n as f64 / r as f64),
+            _ => None,
+        };
+        let codec_name = symphonia::default::get_codecs()
+            .get_audio_decoder(params.codec)
+            .map(|c| c.codec.info.short_name.to_string());
+        let Some(codec) = codec_name else {
+            bail!("unsupported codec (id {}) in the audio track", params.codec);
+        };
+        let decoder = symphonia::default::get_codecs()
+            .make_audio_decoder(&params, &AudioDecoderOptions::default())
+            .map_err(|e| anyhow!("unsupported codec {codec}: {e}"))?;
+        // The header's rate and channels; checked again on the first decoded buffer.
+        let rate = params.sample_rate.unwrap_or(0);
+        let channels = params.channels.as_ref().map_or(0, |c| c.count());
+        if rate != 0 || channels != 0 {
+            // A field the header leaves out (0) is checked on the first decoded buffer instead.
+            let (r, c) = (
+                if rate == 0 { super::MIN_RATE } else { rate },
+                channels.max(1),
+            );
+            check_format(r, if channels == 0 { 1 } else { c }).map_err(|e| anyhow!("{e}"))?;
+        }
+        Ok(Self {
+            info: SourceInfo {
+                name,
+                rate,
+                channels,
+                codec,
+                duration,
+            },
+            format,
+            decoder,
+            track_id,
+            interleaved: Vec::new(),
+            frames_read: 0,
+            decode_errors: 0,
+        })
+    }
+}
+
+impl AudioSource for FileSource {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+
+    fn read(&mut self, out: &mut Vec<f32>) -> Result<bool> {
+        loop {
+            let packet = match self.format.next_packet() {
+                Ok(Some(p)) => p,
+                Ok(None) => return Ok(false),
+                Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    bail!(
+                        "truncated: the stream ends early after {:.3} s",
+                        self.seconds_read()
+                    );
+                }
+                Err(SymError::ResetRequired) => {
+                    bail!("the stream changes format midway (chained streams are not supported)")
+                }
+                Err(e) => bail!("read error after {:.3} s: {e}", self.seconds_read()),
+            };
+            if packet.track_id != self.track_id {
+                continue;
+            }
+            let decoded = match self.decoder.decode(&packet) {
+                Ok(d) => {
+                    self.decode_errors = 0;
+                    d
+                }
+                Err(SymError::DecodeError(e)) => {
+                    self.decode_errors += 1;
+                    if self.decode_errors > MAX_DECODE_ERRORS {
+                        bail!("corrupt audio data after {:.3} s: {e}", self.seconds_read());
+                    }
+                    tracing::warn!(file = %self.info.name, "skipping undecodable packet: {e}");
+                    continue;
+                }
+                Err(SymError::IoError(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    bail!(
+                        "truncated: the stream ends early after {:.3} s",
+                        self.seconds_read()
+                    );
+                }
+                Err(e) => bail!("decode error after {:.3} s: {e}", self.seconds_read()),
+            };
+            let spec = decoded.spec();
+            let rate = spec.rate();
+            let channels = spec.channels().count();
+            check_format(rate, channels).map_err(|e| anyhow!("{e}"))?;
+            if self.info.rate == 0 {
+                self.info.rate = rate;
+            }
+            if self.info.channels == 0 {
+                self.info.channels = channels;
+            }
+            if rate != self.info.rate || channels != self.info.channels {
+                bail!(
+                    "format changes midway ({} Hz × {} → {rate} Hz × {channels}); not supported",
+                    self.info.rate,
+                    self.info.channels
+                );
+            }
+            if decoded.frames() == 0 {
+                continue;
+            }
+            decoded.copy_to_vec_interleaved(&mut self.interleaved);
+            downmix(&self.interleaved, channels, self.frames_read, rate, out)?;
+            self.frames_read += decoded.frames() as u64;
+            return Ok(true);
+        }
+    }
+}
+
+impl FileSource {
+    fn seconds_read(&self) -> f64 {
+        if self.info.rate == 0 {
+            0.0
+        } else {
+            self.frames_read as f64 / self.info.rate as f64
+        }
+    }
+}
