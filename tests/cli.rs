@@ -1,0 +1,405 @@
+//! The real binary on good and bad inputs: every bad input gets one clear line naming it, no
+//! panic, the other inputs are still tagged, and the exit status says something failed.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn tiny() -> String {
+    tiny_model().display().to_string()
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = fixtures().join(format!("cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A WAV header for `data_bytes` of audio with the given fields, followed by the data.
+fn wav(path: &Path, format_tag: u16, channels: u16, rate: u32, bits: u16, data: &[u8]) {
+    let block = channels as u32 * bits as u32 / 8;
+    let mut b = Vec::new();
+    b.extend_from_slice(b"RIFF");
+    b.extend_from_slice(&(36 + data.len() as u32).to_le_bytes());
+    b.extend_from_slice(b"WAVEfmt ");
+    b.extend_from_slice(&16u32.to_le_bytes());
+    b.extend_from_slice(&format_tag.to_le_bytes());
+    b.extend_from_slice(&channels.to_le_bytes());
+    b.extend_from_slice(&rate.to_le_bytes());
+    b.extend_from_slice(&(rate.wrapping_mul(block)).to_le_bytes());
+    b.extend_from_slice(&(block as u16).to_le_bytes());
+    b.extend_from_slice(&bits.to_le_bytes());
+    b.extend_from_slice(b"data");
+    b.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    b.extend_from_slice(data);
+    std::fs::write(path, b).unwrap();
+}
+
+fn f32_bytes(x: &[f32]) -> Vec<u8> {
+    x.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn assert_no_panic(o: &std::process::Output) {
+    let e = stderr(o);
+    assert!(!e.contains("panicked"), "panic: {e}");
+    assert!(!e.contains("RUST_BACKTRACE"), "panic: {e}");
+}
+
+#[test]
+fn tags_a_file_and_prints_jsonl_events() {
+    let f = tiny_model().join("fixture.wav");
+    let o = mambatag(&["tag", "--model", &tiny(), f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "the fixture triggers events with the tiny model"
+    );
+    for l in &lines {
+        assert_eq!(l["file"], f.to_str().unwrap());
+        let (on, off) = (l["onset"].as_f64().unwrap(), l["offset"].as_f64().unwrap());
+        assert!(0.0 <= on && on < off && off <= 2.0, "{l}");
+        assert!(l["score"].as_f64().unwrap() >= 0.5, "{l}");
+        assert!(l["label"].is_string());
+    }
+}
+
+#[test]
+fn frames_match_the_reference_and_have_end_times() {
+    let f = tiny_model().join("fixture.wav");
+    let o = mambatag(&["tag", "--model", &tiny(), "--frames", f.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let r: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tiny_model().join("reference.json")).unwrap(),
+    )
+    .unwrap();
+    let labels: Vec<String> = serde_json::from_value(r["labels"].clone()).unwrap();
+    let frames: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("time").is_some())
+        .collect();
+    assert_eq!(frames.len(), 200);
+    for (t, fr) in frames.iter().enumerate() {
+        assert!((fr["time"].as_f64().unwrap() - (t + 1) as f64 * 0.01).abs() < 1e-9);
+        for (k, l) in labels.iter().enumerate() {
+            let want = r["scores"][t][k].as_f64().unwrap();
+            let got = fr["scores"][l].as_f64().unwrap();
+            assert!((got - want).abs() <= 1e-4, "frame {t} {l}: {got} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn csv_audacity_and_out_dir() {
+    let f = tiny_model().join("fixture.wav");
+    let o = mambatag(&[
+        "tag",
+        "--model",
+        &tiny(),
+        "--format",
+        "csv",
+        f.to_str().unwrap(),
+    ]);
+    assert!(o.status.success());
+    let s = stdout(&o);
+    let mut lines = s.lines();
+    assert_eq!(lines.next().unwrap(), "file,label,onset,offset,score");
+    let n_csv = lines.clone().count();
+    for l in lines {
+        assert_eq!(l.split(',').count(), 5, "{l}");
+    }
+    let o = mambatag(&[
+        "tag",
+        "--model",
+        &tiny(),
+        "--format",
+        "audacity",
+        f.to_str().unwrap(),
+    ]);
+    let s = stdout(&o);
+    assert_eq!(s.lines().count(), n_csv);
+    for l in s.lines() {
+        let p: Vec<&str> = l.split('\t').collect();
+        assert_eq!(p.len(), 3, "{l}");
+        assert!(p[0].parse::<f64>().unwrap() < p[1].parse::<f64>().unwrap());
+    }
+    let d = tmpdir("out");
+    let o = mambatag(&[
+        "tag",
+        "--model",
+        &tiny(),
+        "--format",
+        "csv",
+        "--frames",
+        "--out",
+        d.to_str().unwrap(),
+        f.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+    let ev = std::fs::read_to_string(d.join("fixture.wav.csv")).unwrap();
+    assert_eq!(ev.lines().count(), n_csv + 1);
+    let fr = std::fs::read_to_string(d.join("fixture.wav.frames.csv")).unwrap();
+    assert_eq!(fr.lines().count(), 201);
+    assert!(fr.starts_with("file,time,speech,music,"));
+    assert!(std::fs::read_dir(&d).unwrap().all(|e| !e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".part")));
+}
+
+#[test]
+fn stdin_pcm_gives_the_same_events_as_the_file() {
+    let wavp = sine_wav();
+    let raw = fixtures().join("sine-44k1-stereo.s16");
+    if !raw.is_file() {
+        let o = Command::new("sox")
+            .args([wavp.to_str().unwrap(), "-t", "raw", raw.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+    }
+    let args = ["tag", "--model", &tiny(), "--frames"];
+    let from_file = mambatag(&[&args[..], &[wavp.to_str().unwrap()]].concat());
+    let mut child = Command::new(bin())
+        .args(args)
+        .args([
+            "-",
+            "--rate",
+            "44100",
+            "--channels",
+            "2",
+            "--sample-format",
+            "s16le",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let data = std::fs::read(&raw).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // Odd-sized writes: the reader must reassemble frames split across reads.
+    let w = std::thread::spawn(move || {
+        for c in data.chunks(1001) {
+            stdin.write_all(c).unwrap();
+        }
+    });
+    let o = child.wait_with_output().unwrap();
+    w.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let strip = |s: String| {
+        s.replace(wavp.to_str().unwrap(), "X")
+            .replace("\"file\":\"-\"", "\"file\":\"X\"")
+    };
+    assert_eq!(strip(stdout(&o)), strip(stdout(&from_file)));
+    assert!(stdout(&o).lines().count() >= 200);
+
+    let o = mambatag(&["tag", "--model", &tiny(), "-"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("-: raw PCM on stdin needs --rate"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn bad_inputs_fail_one_by_one_and_the_batch_goes_on() {
+    let d = tmpdir("bad");
+    let good = tiny_model().join("fixture.wav");
+    let empty = d.join("empty.wav");
+    std::fs::write(&empty, b"").unwrap();
+    let garbage = d.join("garbage.wav");
+    std::fs::write(
+        &garbage,
+        b"this is not audio at all, just text pretending to be a wav file",
+    )
+    .unwrap();
+    // Truncated: a real FLAC cut in the middle.
+    let flac = sox_synth("trunc-src.flac", 44100, 2, &["-b", "16"], 2.0);
+    let bytes = std::fs::read(&flac).unwrap();
+    let truncated = d.join("truncated.flac");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    // Unsupported codec: Opus in Ogg.
+    let opus = ffmpeg("sine.opus", &sine_wav(), &["-c:a", "libopus"]);
+    // Float WAV with NaN and Inf.
+    let mut x = vec![0.1f32; 16000];
+    x[8000] = f32::NAN;
+    let nan = d.join("nan.wav");
+    wav(&nan, 3, 1, 16000, 32, &f32_bytes(&x));
+    x[8000] = f32::INFINITY;
+    let inf = d.join("inf.wav");
+    wav(&inf, 3, 1, 16000, 32, &f32_bytes(&x));
+    // Absurd headers.
+    let pcm = vec![0u8; 3200];
+    let rate0 = d.join("rate0.wav");
+    wav(&rate0, 1, 1, 0, 16, &pcm);
+    let rate_huge = d.join("rate-huge.wav");
+    wav(&rate_huge, 1, 1, 50_000_000, 16, &pcm);
+    let chans = d.join("channels.wav");
+    wav(&chans, 1, 1000, 16000, 16, &vec![0u8; 64000]);
+    let missing = d.join("missing.wav");
+
+    let cases: Vec<(&Path, &str)> = vec![
+        (&missing, "no such file"),
+        (&d, "is a directory"),
+        (&empty, "empty file"),
+        (&garbage, "not a supported audio file"),
+        (&truncated, "truncated"),
+        (&opus, "unsupported codec"),
+        (&nan, "non-finite sample"),
+        (&inf, "non-finite sample"),
+        (&rate0, "sample rate"),
+        (&rate_huge, "absurd sample rate"),
+        (&chans, "channel"),
+    ];
+    let mut args: Vec<String> = vec!["tag".into(), "--model".into(), tiny()];
+    args.push(good.display().to_string());
+    for (p, _) in &cases {
+        args.push(p.display().to_string());
+    }
+    args.push(good.display().to_string());
+    let o = Command::new(bin()).args(&args).output().unwrap();
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    for (p, why) in &cases {
+        let line = err
+            .lines()
+            .find(|l| l.starts_with(&format!("mambatag: {}: ", p.display())))
+            .unwrap_or_else(|| panic!("no error line for {}:\n{err}", p.display()));
+        assert!(
+            line.to_lowercase().contains(why),
+            "{}: expected `{why}` in `{line}`",
+            p.display()
+        );
+    }
+    assert!(
+        err.contains(&format!(
+            "{} of {} inputs failed",
+            cases.len(),
+            cases.len() + 2
+        )),
+        "{err}"
+    );
+    // Both good copies were tagged.
+    let out = stdout(&o);
+    let good_events = out
+        .lines()
+        .filter(|l| l.contains(&format!("\"file\":\"{}\"", good.display())))
+        .count();
+    let single = stdout(&mambatag(&[
+        "tag",
+        "--model",
+        &tiny(),
+        good.to_str().unwrap(),
+    ]))
+    .lines()
+    .count();
+    assert_eq!(good_events, 2 * single);
+}
+
+#[test]
+fn wrong_contract_model_and_missing_runtime_are_clear_errors() {
+    let f = tiny_model().join("fixture.wav");
+    let bad = repo().join("tests/data/no-contract.onnx");
+    let o = mambatag(&["tag", "--model", bad.to_str().unwrap(), f.to_str().unwrap()]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("breaks the mambatag model contract"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("mambatag.contract"), "{}", stderr(&o));
+
+    let o = mambatag(&["inspect", "/nonexistent/model"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("/nonexistent/model: not a model"),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = Command::new(bin())
+        .args(["tag", "--model", &tiny(), f.to_str().unwrap()])
+        .env("ORT_DYLIB_PATH", "/nonexistent/libonnxruntime.so")
+        .output()
+        .unwrap();
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(
+        e.contains("ONNX Runtime not found") && e.contains("scripts/fetch-onnxruntime.sh"),
+        "{e}"
+    );
+
+    let o = mambatag(&[
+        "tag",
+        "--model",
+        &tiny(),
+        "--threshold",
+        "nosuchlabel=0.5",
+        f.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no label `nosuchlabel`"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn thresholds_change_events() {
+    let f = tiny_model().join("fixture.wav");
+    let base = stdout(&mambatag(&["tag", "--model", &tiny(), f.to_str().unwrap()]));
+    let strict = stdout(&mambatag(&[
+        "tag",
+        "--model",
+        &tiny(),
+        "--threshold",
+        "speech=0.95",
+        f.to_str().unwrap(),
+    ]));
+    let count = |s: &str, l: &str| {
+        s.lines()
+            .filter(|x| x.contains(&format!("\"label\":\"{l}\"")))
+            .count()
+    };
+    assert!(count(&base, "speech") > 0);
+    assert!(count(&strict, "speech") < count(&base, "speech"));
+    assert_eq!(count(&strict, "music"), count(&base, "music"));
+}
+
+#[test]
+fn inspect_prints_the_contract() {
+    let o = mambatag(&["inspect", "--json", &tiny()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(j["sample_rate"], 16000);
+    assert_eq!(j["hop"], 160);
+    assert_eq!(j["labels"].as_array().unwrap().len(), 8);
+    assert_eq!(j["thresholds"]["speech"], 0.5);
+    let bytes: u64 = j["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["bytes_per_stream"].as_u64().unwrap())
+        .sum();
+    assert_eq!(bytes, j["state_bytes_per_stream"].as_u64().unwrap());
+    assert!(bytes > 0);
+    let o = mambatag(&["inspect", &tiny()]);
+    assert!(stdout(&o).contains("state.audio"));
+}

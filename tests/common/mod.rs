@@ -1,0 +1,136 @@
+//! Shared helpers for the integration tests: paths, fixture generation with sox/ffmpeg, and
+//! running the real binary.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn tiny_model() -> PathBuf {
+    repo().join("models/test-tiny")
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_mambatag"))
+}
+
+/// Runs the mambatag binary.
+pub fn mambatag(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run mambatag")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fixtures generated for this test run (not committed).
+pub fn fixtures() -> PathBuf {
+    let d = repo().join("target/test-fixtures");
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+static LOCK: Mutex<()> = Mutex::new(());
+
+/// Makes `name` in the fixtures folder with `cmd` (the output path is appended) unless it exists.
+pub fn fixture(name: &str, program: &str, args: &[&str]) -> PathBuf {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = fixtures().join(name);
+    if path.is_file() {
+        return path;
+    }
+    let tmp = fixtures().join(format!("tmp-{}-{name}", std::process::id()));
+    let mut full: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    if program == "ffmpeg" {
+        full.insert(0, "-y".into());
+        full.insert(1, "-loglevel".into());
+        full.insert(2, "error".into());
+        // ffmpeg picks the container from the extension; the temp name keeps it.
+    }
+    full.push(tmp.display().to_string());
+    let out = Command::new(program)
+        .args(&full)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{program} is needed to make test fixtures (apt-get install {program}): {e}")
+        });
+    assert!(
+        out.status.success(),
+        "{program} {full:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// 2 s of a 1 kHz sine at half scale, stereo, 44.1 kHz, 16-bit WAV: the source of most fixtures.
+pub fn sine_wav() -> PathBuf {
+    sox_synth(
+        "sine1k-44k1-stereo.wav",
+        44100,
+        2,
+        &["-b", "16", "-e", "signed-integer"],
+        2.0,
+    )
+}
+
+/// A sox-synthesised 1 kHz sine (`vol 0.5`) in any rate/encoding.
+pub fn sox_synth(name: &str, rate: u32, channels: u32, enc: &[&str], secs: f64) -> PathBuf {
+    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let path = fixtures().join(name);
+    if path.is_file() {
+        return path;
+    }
+    let tmp = fixtures().join(format!("tmp-{}-{name}", std::process::id()));
+    let rate_s = rate.to_string();
+    let ch_s = channels.to_string();
+    let secs_s = secs.to_string();
+    let mut args: Vec<&str> = vec!["-n", "-r", &rate_s, "-c", &ch_s];
+    args.extend_from_slice(enc);
+    let tmp_s = tmp.display().to_string();
+    let ext = Path::new(name).extension().unwrap().to_str().unwrap();
+    args.extend_from_slice(&[
+        "-t", ext, &tmp_s, "synth", &secs_s, "sine", "1000", "vol", "0.5",
+    ]);
+    let out = Command::new("sox")
+        .args(&args)
+        .output()
+        .expect("sox is needed to make test fixtures (apt-get install sox)");
+    assert!(
+        out.status.success(),
+        "sox {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::rename(&tmp, &path).unwrap();
+    path
+}
+
+/// Converts `src` with ffmpeg (`args` go between input and output).
+pub fn ffmpeg(name: &str, src: &Path, args: &[&str]) -> PathBuf {
+    let mut full = vec!["-i", src.to_str().unwrap()];
+    full.extend_from_slice(args);
+    fixture(name, "ffmpeg", &full)
+}
+
+/// Goertzel power of `f` Hz in `x` sampled at `rate`.
+pub fn tone_power(x: &[f32], rate: f64, f: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * f / rate;
+    let c = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &v in x {
+        let s = v as f64 + c * s1 - s2;
+        s2 = s1;
+        s1 = s;
+    }
+    (s1 * s1 + s2 * s2 - c * s1 * s2) / (x.len() as f64).powi(2)
+}
