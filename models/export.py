@@ -361,18 +361,19 @@ def build_step_graph(weights: dict, config, metadata: dict[str, str],
 def parse_thresholds(spec, labels: list[str]) -> dict[str, float]:
     """``None`` -> 0.5 each; a number -> that for each; JSON object text or a .json file path."""
     if spec is None:
-        return {l: 0.5 for l in labels}
-    if isinstance(spec, (int, float)):
-        return {l: float(spec) for l in labels}
+        spec = 0.5
     if isinstance(spec, dict):
         th = spec
+    elif isinstance(spec, (int, float)):
+        th = {l: float(spec) for l in labels}
     else:
         s = str(spec).strip()
         try:
-            return {l: float(s) for l in labels}
+            th = {l: float(s) for l in labels}
         except ValueError:
-            pass
-        th = json.loads(Path(s).read_text() if not s.startswith("{") else s)
+            th = json.loads(s if s.startswith("{") else Path(s).read_text())
+    if not isinstance(th, dict):
+        raise ValueError("thresholds must be a JSON object label -> threshold")
     missing = [l for l in labels if l not in th]
     extra = [k for k in th if k not in labels]
     if missing or extra:

@@ -325,6 +325,9 @@ def test_signal(n_frames: int = 1000, seed: int = 7) -> np.ndarray:
     return np.concatenate(pieces)[:n].astype(np.float32)
 
 
+test_signal.__test__ = False  # not a pytest test
+
+
 def resolve(target) -> tuple[Path, Path | None]:
     """``(step.onnx path, weights path or None)`` for a package dir or an .onnx file."""
     p = Path(target)

@@ -51,6 +51,8 @@ class MambaConfig:
             v = getattr(self, k)
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"MambaConfig.{k} must be a positive int, got {v!r}")
+        if self.d_conv < 2:
+            raise ValueError(f"MambaConfig.d_conv must be >= 2, got {self.d_conv}")
         if not self.labels:
             raise ValueError("MambaConfig.labels must not be empty")
         if len(set(self.labels)) != len(self.labels):
