@@ -1,1 +1,83 @@
-fn main() {}
+//! Criterion benchmarks of the engine: one step at batch 1 and 16 (per call), and the whole
+//! file pipeline (decode + resample + model + events) on a 44.1 kHz stereo FLAC.
+//!
+//! Model: `MAMBATAG_BENCH_MODEL` (a package dir or .onnx), default `models/default` when present,
+//! else `models/test-tiny`. File: `MAMBATAG_BENCH_FILE`, default a 30 s FLAC made with sox.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mambatag::engine::{Engine, EngineOptions};
+use mambatag::events::EventParams;
+use mambatag::model::ModelPackage;
+use mambatag::pipeline::{tag_source, TagOptions};
+use mambatag::resample::Quality;
+use mambatag::source::FileSource;
+
+fn model() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let p = std::env::var_os("MAMBATAG_BENCH_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        let d = root.join("models/default");
+        if d.join("step.onnx").is_file() {
+            d
+        } else {
+            root.join("models/test-tiny")
+        }
+    });
+    ModelPackage::locate(&p).expect("bench model").step
+}
+
+fn flac() -> PathBuf {
+    if let Some(p) = std::env::var_os("MAMBATAG_BENCH_FILE") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-44k1-stereo-30s.flac");
+    if !p.is_file() {
+        let st = std::process::Command::new("sox")
+            .args(["-n", "-r", "44100", "-c", "2", "-b", "16"])
+            .arg(&p)
+            .args(["synth", "30", "pinknoise", "vol", "0.3", ":", "synth", "30", "sine", "440", "vol", "0.2"])
+            .status()
+            .expect("sox makes the benchmark file");
+        assert!(st.success());
+    }
+    p
+}
+
+fn steps(c: &mut Criterion) {
+    let path = model();
+    for b in [1usize, 16] {
+        let mut e = Engine::load(&path, &EngineOptions::default(), b, 1).unwrap();
+        for r in 0..b {
+            for (i, x) in e.input_mut(r).iter_mut().enumerate() {
+                *x = ((i * 7919 + r * 104729) % 1000) as f32 / 5000.0 - 0.1;
+            }
+        }
+        let adv = vec![true; b];
+        let mut g = c.benchmark_group("step");
+        g.throughput(Throughput::Elements(b as u64));
+        g.bench_function(format!("batch{b}"), |bench| bench.iter(|| e.run(&adv).unwrap()));
+        g.finish();
+    }
+}
+
+fn file(c: &mut Criterion) {
+    let path = model();
+    let f = flac();
+    let mut e = Engine::load(&path, &EngineOptions::default(), 1, 1).unwrap();
+    let info = e.info().clone();
+    let opts = TagOptions { quality: Quality::Fft, events: EventParams::from_model(&info, &[], 5, 0.05).unwrap() };
+    let mut g = c.benchmark_group("file");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.bench_function("flac44k1_stereo_30s", |b| {
+        b.iter(|| {
+            let src = FileSource::open(&f).unwrap();
+            tag_source(&mut e, Box::new(src), &opts, |_| Ok(())).unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, steps, file);
+criterion_main!(benches);

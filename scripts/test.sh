@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: installs what is missing, then Rust and Python tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/test-deps.sh
+cargo fmt --check
+cargo clippy --all-targets -- -D warnings
+cargo test
+python3 -m pytest -q models/tests
