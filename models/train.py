@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Train the mambatag default tagger (causal Mamba, 8 classes) on scenes synthesized on the fly.
+
+    python3 models/train.py --bundle .data/bundle --out OUTDIR [--minutes 6.5]
+    python3 models/train.py --smoke --out /tmp/x          # 2 tiny CPU steps on fake data (CI)
+
+Data: the bundle from ``models/data/build.py`` (train split only; the val split is used for the
+monitoring numbers in the log, never for gradient steps). Each step draws B scenes of
+``--seconds`` (default 30 s) from ``models/data/scenes.py`` on the training device: class-balanced
+events over noise backgrounds with random levels/offsets, speed changes, reverb, EQ and 8-48 kHz
+band limits. Frame targets come from the events' activity masks.
+
+Long sequences: every step is a full-length forward/backward over the 30 s (T = 3000 frames), and
+the recurrent state is CARRIED across steps (truncated BPTT at 30 s boundaries): each batch row is
+a stream that continues from the previous step's final state (detached) and is reset to zeros
+with probability ``--reset-p`` per step, so the model sees streams of minutes and never relies on
+a fresh state.
+
+Loss: BCE-with-logits per frame and class. AdamW (no decay on biases, norms, A_log, D), linear
+warm-up then cosine decay over the WALL-CLOCK budget ``--minutes`` (the step count adapts to the
+machine). bf16 autocast on CUDA (the selective scan itself runs in float32).
+
+Outputs in --out: weights.safetensors (with front-end mean/std from the training scenes and the
+tuned thresholds in the metadata), thresholds.json, train_log.jsonl, train_summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import queue
+import sys
+import threading
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "models", "data"))
+
+from models.mamba import MambaConfig, MambaTagger  # noqa: E402
+import pool as poolmod  # noqa: E402
+import scenes  # noqa: E402
+
+SR = 16000
+HOP = 160
+
+
+def average_precision(y: np.ndarray, s: np.ndarray) -> float:
+    """AP (area under the precision-recall curve, step-wise; sklearn's definition)."""
+    y = np.asarray(y).astype(bool)
+    if y.sum() == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    y = y[order]
+    tp = np.cumsum(y)
+    prec = tp / np.arange(1, len(y) + 1)
+    return float((prec * y).sum() / y.sum())
+
+
+def param_groups(model, wd):
+    decay, no = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.dim() < 2 or n.endswith("A_log") or n.endswith(".D") or getattr(p, "_no_weight_decay", False):
+            no.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": wd}, {"params": no, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def frontend_stats(model, mixer, rng, n_batches, B, L):
+    s = torch.zeros(64, dtype=torch.float64, device=mixer.device)
+    s2 = torch.zeros(64, dtype=torch.float64, device=mixer.device)
+    n = 0
+    for _ in range(n_batches):
+        x, _, _ = mixer.generate(B, L, rng)
+        lm, _ = model.frontend(x, normalize=False)
+        lm = lm.double().reshape(-1, 64)
+        s += lm.sum(0)
+        s2 += (lm ** 2).sum(0)
+        n += lm.shape[0]
+    mean = s / n
+    std = (s2 / n - mean ** 2).clamp_min(1e-6).sqrt()
+    return mean.float().cpu().numpy(), np.maximum(std.float().cpu().numpy(), 0.5)
+
+
+@torch.no_grad()
+def predict(model, x, chunk=None):
+    model.eval()
+    out = model(x)
+    model.train()
+    return out.float()
+
+
+@torch.no_grad()
+def monitor(model, val_scenes, classes):
+    """Frame-level AP per class and clip(scene)-level numbers on fixed validation scenes."""
+    ys, ss = [], []
+    for x, y, _ in val_scenes:
+        p = predict(model, x)
+        ys.append(y.cpu().numpy().reshape(-1, len(classes)))
+        ss.append(p.cpu().numpy().reshape(-1, len(classes)))
+    y = np.concatenate(ys)
+    s = np.concatenate(ss)
+    ap = {c: average_precision(y[:, k], s[:, k]) for k, c in enumerate(classes)}
+    vals = [v for v in ap.values() if not math.isnan(v)]
+    bce = float(F.binary_cross_entropy(torch.from_numpy(s).clamp(1e-6, 1 - 1e-6), torch.from_numpy(y)).item())
+    return {"frame_ap": ap, "frame_map": float(np.mean(vals)) if vals else float("nan"), "val_bce": bce}
+
+
+@torch.no_grad()
+def tune_thresholds(model, scenes_list, classes):
+    """Per-class onset threshold maximising frame F1 on held-out TRAIN-pool scenes (never val)."""
+    ys, ss = [], []
+    for x, y, _ in scenes_list:
+        ys.append(y.cpu().numpy().reshape(-1, len(classes)))
+        ss.append(predict(model, x).cpu().numpy().reshape(-1, len(classes)))
+    y = np.concatenate(ys)
+    s = np.concatenate(ss)
+    th = {}
+    grid = np.linspace(0.1, 0.9, 33)
+    for k, c in enumerate(classes):
+        best, bt = -1, 0.5
+        for t in grid:
+            pr = s[:, k] >= t
+            tp = (pr & (y[:, k] > 0)).sum()
+            f1 = 2 * tp / max(1, pr.sum() + (y[:, k] > 0).sum())
+            if f1 > best:
+                best, bt = f1, float(t)
+        th[c] = round(min(max(bt, 0.15), 0.85), 3)
+    return th
+
+
+class Producer(threading.Thread):
+    """Generates training batches ahead of the optimiser (same device, same stream order)."""
+
+    def __init__(self, mixer, B, L, seed, depth=3):
+        super().__init__(daemon=True)
+        self.mixer, self.B, self.L = mixer, B, L
+        self.rng = np.random.default_rng(seed)
+        self.q = queue.Queue(maxsize=depth)
+        self.stop = False
+
+    def run(self):
+        while not self.stop:
+            x, y, _ = self.mixer.generate(self.B, self.L, self.rng)
+            self.q.put((x, y))
+
+    def get(self):
+        return self.q.get()
+
+    def close(self):
+        self.stop = True
+        while self.is_alive():
+            try:
+                self.q.get_nowait()
+            except queue.Empty:
+                pass
+            self.join(timeout=0.05)
+
+
+def _clean(o):
+    """NaN -> None so the JSON outputs are strict JSON."""
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bundle", default=os.path.join(REPO, ".data", "bundle"))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--minutes", type=float, default=6.5, help="wall-clock budget for the optimisation loop")
+    ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: budget only)")
+    ap.add_argument("--batch", type=int, default=24)
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--d-state", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--wd", type=float, default=0.05)
+    ap.add_argument("--warmup", type=int, default=150)
+    ap.add_argument("--reset-p", type=float, default=0.15, help="per-row probability of a fresh stream")
+    ap.add_argument("--val-every", type=int, default=150)
+    ap.add_argument("--val-scenes", type=int, default=48)
+    ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing (less memory)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="2 tiny steps on CPU with fake data")
+    a = ap.parse_args(argv)
+
+    t_start = time.time()
+    os.makedirs(a.out, exist_ok=True)
+    dev = torch.device("cuda" if torch.cuda.is_available() and not a.smoke else "cpu")
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    torch.manual_seed(a.seed)
+    log_f = open(os.path.join(a.out, "train_log.jsonl"), "w")
+
+    def log(d):
+        d = _clean({"t": round(time.time() - t_start, 1), **d})
+        print(json.dumps(d), flush=True)
+        log_f.write(json.dumps(d) + "\n")
+        log_f.flush()
+
+    if a.smoke:
+        tr_pool = poolmod.fake_pool(seed=1)
+        va_pool = poolmod.fake_pool(seed=2)
+        a.batch, a.seconds, a.d_model, a.layers, a.d_state = 2, 2.0, 16, 1, 4
+        a.max_steps, a.val_scenes, a.warmup = 2, 2, 1
+    else:
+        tr_pool = poolmod.load_bundle(a.bundle, "train")
+        va_pool = poolmod.load_bundle(a.bundle, "val")
+    classes = tr_pool.classes
+    log({"event": "data", "device": str(dev), "train_clips": len(tr_pool), "val_clips": len(va_pool),
+         "train_minutes": {k: round(v, 1) for k, v in tr_pool.minutes().items()},
+         "val_minutes": {k: round(v, 1) for k, v in va_pool.minutes().items()},
+         "load_s": round(time.time() - t_start, 1)})
+
+    L = int(a.seconds * SR) // HOP * HOP
+    mixer = scenes.SceneMixer(tr_pool, dev)
+    va_mixer = scenes.SceneMixer(va_pool, dev)
+    cfg = MambaConfig(d_model=a.d_model, n_layers=a.layers, d_state=a.d_state, labels=classes)
+    model = MambaTagger(cfg, seed=a.seed).to(dev)
+    if dev.type == "cpu":
+        model.frontend.compute_dtype = torch.float32
+    model.gradient_checkpointing = a.ckpt
+    rng = np.random.default_rng(a.seed + 1)
+    mean, std = frontend_stats(model, mixer, rng, 2 if a.smoke else 8, a.batch, L)
+    model.set_frontend_stats(mean, std)
+    # fixed monitoring scenes: validation pool (eval-style sparse + train-style dense)
+    vrng = np.random.default_rng(1234)
+    nb = max(1, a.val_scenes // 8)
+    val_scenes = [va_mixer.generate(min(8, a.val_scenes), L, vrng, mode="eval") for _ in range(nb)]
+    val_scenes += [va_mixer.generate(min(8, a.val_scenes), L, vrng, mode="train") for _ in range(nb)]
+    trng = np.random.default_rng(4321)
+    thr_scenes = [mixer.generate(min(8, a.val_scenes), L, trng, mode="eval") for _ in range(nb)]
+    thr_scenes += [mixer.generate(min(8, a.val_scenes), L, trng, mode="train") for _ in range(nb)]
+    log({"event": "setup", "frontend_mean": [round(float(v), 2) for v in mean[::8]],
+         "frontend_std": [round(float(v), 2) for v in std[::8]], "setup_s": round(time.time() - t_start, 1)})
+
+    opt = torch.optim.AdamW(param_groups(model, a.wd), lr=a.lr, betas=(0.9, 0.98), eps=1e-8)
+    prod = Producer(mixer, a.batch, L, a.seed + 7)
+    prod.start()
+    budget = a.minutes * 60
+    t0 = time.time()
+    state = None
+    step = 0
+    ema = None
+    amp = dev.type == "cuda"
+    while True:
+        el = time.time() - t0
+        if (a.max_steps and step >= a.max_steps) or (not a.max_steps and el >= budget):
+            break
+        prog = min(1.0, el / budget) if not a.max_steps else step / a.max_steps
+        lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = prod.get()
+        if state is not None:
+            keep = (torch.rand(a.batch, device=dev) >= a.reset_p).float()
+            state = {k: v.detach() * keep.view(-1, *([1] * (v.dim() - 1))) for k, v in state.items()}
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+            logits, state = model(x, logits=True, state=state, return_state=True)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), y[:, :logits.shape[1]])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        lv = float(loss.item())
+        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
+        if step % 25 == 0 or step <= 3:
+            log({"step": step, "loss": round(lv, 4), "loss_ema": round(ema, 4), "lr": round(lr, 6),
+                 "gnorm": round(float(gn), 3), "elapsed": round(time.time() - t0, 1),
+                 "step_s": round((time.time() - t0) / step, 3), "queue": prod.q.qsize()})
+        if step % a.val_every == 0:
+            m = monitor(model, val_scenes, classes)
+            log({"step": step, "val": m})
+    prod.close()
+    train_s = time.time() - t0
+    m = monitor(model, val_scenes, classes)
+    th = tune_thresholds(model, thr_scenes, classes)
+    log({"event": "final", "steps": step, "train_s": round(train_s, 1), "val": m, "thresholds": th})
+    model = model.float().cpu()
+    meta = {"thresholds": json.dumps(th), "trained_steps": str(step),
+            "train_seconds_per_scene": str(a.seconds), "batch": str(a.batch)}
+    model.save_safetensors(os.path.join(a.out, "weights.safetensors"), extra_metadata=meta)
+    with open(os.path.join(a.out, "thresholds.json"), "w") as f:
+        json.dump(th, f, indent=1)
+    summary = {"steps": step, "train_s": round(train_s, 1), "total_s": round(time.time() - t_start, 1),
+               "batch": a.batch, "seconds": a.seconds, "hours_of_scenes_seen": round(step * a.batch * a.seconds / 3600, 1),
+               "config": cfg.to_dict(), "val_monitor": m, "thresholds": th,
+               "train_minutes": tr_pool.minutes(), "val_minutes": va_pool.minutes(), "device": str(dev)}
+    with open(os.path.join(a.out, "train_summary.json"), "w") as f:
+        json.dump(_clean(summary), f, indent=1)
+    log({"event": "saved", "out": a.out})
+    return summary
+
+
+if __name__ == "__main__":
+    main()
