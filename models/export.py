@@ -13,13 +13,13 @@ Graph design (measured choices, see ``shared/notes/mamba-onnx.md``):
 - States are separate tensors per layer, d_inner innermost: ``state.layer<i>.conv [B, d_conv-1,
   d_inner]`` and ``state.layer<i>.ssm [B, d_state, d_inner]``; the new conv history is
   ``concat(old, x_new)[:, 1:]``; no stacked states, no Split/Concat of states.
-- Front end: frame = concat(state.audio, audio); one MatMul with the Hann-windowed [cos | sin]
-  DFT matrix [400, 514], square, one MatMul with the mel filterbank stacked twice [514, 64],
-  ``Log(mel + 1e-6)``, in float64 by default (``--frontend-precision``, see :func:`features`).
-  The DFT and mel matrices (1.6 MB as float64) are not stored: they are built from a few hundred
-  bytes of constants by ops that onnxruntime folds once when the session is created (any graph
-  optimisation level >= basic), which keeps a tiny model package tiny. They reproduce
-  ``frontend.py``'s matrices to the last bit or so.
+- Front end: frame = concat(state.audio, audio); the Hann-windowed real DFT power as two MatMuls
+  on the frame folded about its centre (``(E @ C)^2 + (O @ S)^2``, see :func:`frontend_matrices`),
+  one MatMul with the mel filterbank, ``Log(mel + 1e-6)``; in float64 by default
+  (``--frontend-precision``, see :func:`features`). The matrices (0.9 MB as float64) are not
+  stored: they are built from a few hundred bytes of constants by ops that onnxruntime folds once
+  when the session is created (any graph optimisation level >= basic), which keeps a tiny model
+  package tiny. They reproduce ``frontend.py`` to the last bit or so.
 - Folded at export time (in float64): the front-end normalisation into ``embed``; ``A = -exp(A_log)``
   transposed to [d_state, d_inner]; all weights pre-transposed for ``MatMul(x, W)``; ``x_proj``
   split into three MatMuls (dt, B, C) and ``in_proj`` into two (x, z) so no Split is needed.
@@ -105,9 +105,19 @@ class GraphBuilder:
         return name
 
     def output(self, name: str, shape, src: str) -> None:
-        """Expose ``src`` as graph output ``name`` (via Identity when names differ)."""
+        """Expose ``src`` as graph output ``name``: renames the producing node's output (an
+        Identity only when ``src`` is a graph input, an initialiser or already an output)."""
         if src != name:
-            self.op("Identity", [src], outputs=[name])
+            producer = [n for n in self.nodes if src in n.output]
+            taken = {o.name for o in self.outputs} | {i.name for i in self.inputs}
+            if producer and src not in taken:
+                for n in self.nodes:
+                    for lst in (n.input, n.output):
+                        for j, v in enumerate(lst):
+                            if v == src:
+                                lst[j] = name
+            else:
+                self.op("Identity", [src], outputs=[name])
         self.outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
 
     def model(self, graph_name: str, metadata: dict[str, str]) -> onnx.ModelProto:
@@ -153,29 +163,36 @@ def mel_constants():
     return lo, 1.0 / (mid - lo), hi, 1.0 / (hi - mid)
 
 
-def frontend_matrices(g: GraphBuilder, dtype=np.float64) -> tuple[str, str]:
-    """Build (as constant-foldable ops) the windowed DFT ``[400, 514]`` and stacked mel ``[514, 64]``.
+def frontend_matrices(g: GraphBuilder, dtype=np.float64) -> tuple[str, str, str]:
+    """Build (as constant-foldable ops) the folded DFT matrices ``C, S [200, 257]`` and the mel
+    filterbank ``M [257, 64]`` used by :func:`features`.
 
-    Computed in float64 from exact integer phase indices ``(n*k) mod 512`` with Cos/Sin, then cast
-    to ``dtype``, so every entry is the correctly rounded value of ``frontend.py``'s matrices.
+    With ``m = n - 200`` and the periodic Hann window symmetric about ``n = 200`` (``w[0] = 0``),
+    ``|DFT_k|^2 = (sum_m E_m C[m, k])^2 + (sum_m O_m S[m, k])^2`` where ``E_m = x[200+m] + x[200-m]``,
+    ``O_m = x[200+m] - x[200-m]`` (m = 0..199), ``C[m, k] = w[200+m] cos(2 pi m k / 512)`` (row 0
+    halved) and ``S[m, k] = w[200+m] sin(2 pi m k / 512)``: half the multiply-adds of the plain
+    [400, 514] DFT and fewer rounding steps. Computed in float64 from exact integer phase indices
+    ``(m*k) mod 512``, then cast to ``dtype``.
     """
-    win, nfft, nb = frontend.WIN, frontend.N_FFT, frontend.N_BINS
+    half_win, nfft, nb, win = frontend.WIN // 2, frontend.N_FFT, frontend.N_BINS, frontend.WIN
     f64 = TensorProto.DOUBLE
-    n = g.op("Range", [g.ints("fe_zero", 0), g.ints("fe_win", win), g.ints("fe_one", 1)], "fe_n")
+    m = g.op("Range", [g.ints("fe_zero", 0), g.ints("fe_halfwin", half_win), g.ints("fe_one", 1)], "fe_m")
     k = g.op("Range", [g.ints("fe_zero", 0), g.ints("fe_nbins", nb), g.ints("fe_one", 1)], "fe_k")
-    ncol = g.op("Unsqueeze", [n, g.ints("fe_ax1", [1])], "fe_ncol")  # [400, 1]
+    mcol = g.op("Unsqueeze", [m, g.ints("fe_ax1", [1])], "fe_mcol")  # [200, 1]
     kcol = g.op("Unsqueeze", [k, g.ints("fe_ax1", [1])], "fe_kcol")  # [257, 1]
-    nk = g.op("Mul", [ncol, g.op("Unsqueeze", [k, g.ints("fe_ax0", [0])], "fe_krow")], "fe_nk")
-    idx = g.op("Mod", [nk, g.ints("fe_nfft", nfft)], "fe_idx")  # exact phase index, int64 [400, 257]
+    mk = g.op("Mul", [mcol, g.op("Unsqueeze", [k, g.ints("fe_ax0", [0])], "fe_krow")], "fe_mk")
+    idx = g.op("Mod", [mk, g.ints("fe_nfft", nfft)], "fe_idx")  # exact phase index, int64 [200, 257]
     phase = g.op("Mul", [g.op("Cast", [idx], "fe_idxf", to=f64), g.const("fe_dphi", 2 * math.pi / nfft, np.float64)],
                  "fe_phase")
-    wph = g.op("Mul", [g.op("Cast", [ncol], "fe_nf", to=f64), g.const("fe_wphi", 2 * math.pi / win, np.float64)],
-               "fe_wph")
+    n = g.op("Cast", [g.op("Add", [mcol, g.ints("fe_halfwin", half_win)], "fe_n")], "fe_nf", to=f64)
     half = g.const("fe_half", 0.5, np.float64)
-    hann = g.op("Sub", [half, g.op("Mul", [g.op("Cos", [wph], "fe_wcos"), half], "fe_hcos")], "fe_hann")  # [400, 1]
-    cos = g.op("Mul", [g.op("Cos", [phase], "fe_cos"), hann], "fe_cosw")
-    sin = g.op("Mul", [g.op("Sin", [phase], "fe_sin"), hann], "fe_sinw")
-    dft = g.op("Concat", [cos, sin], "fe_dft64", axis=1)  # [400, 514]
+    wcos = g.op("Cos", [g.op("Mul", [n, g.const("fe_wphi", 2 * math.pi / win, np.float64)], "fe_wph")], "fe_wcos")
+    hann = g.op("Sub", [half, g.op("Mul", [wcos, half], "fe_hcos")], "fe_hann")  # w[200+m], [200, 1]
+    row0 = g.op("Cast", [g.op("Equal", [mcol, g.ints("fe_zero", 0)], "fe_is0")], "fe_is0f", to=f64)
+    hann_c = g.op("Mul", [hann, g.op("Sub", [g.const("fe_onef", 1.0, np.float64),
+                                             g.op("Mul", [row0, half], "fe_row0h")], "fe_rowscale")], "fe_hann_c")
+    C = g.op("Mul", [g.op("Cos", [phase], "fe_cos"), hann_c], "fe_C64")
+    S = g.op("Mul", [g.op("Sin", [phase], "fe_sin"), hann], "fe_S64")
     # mel triangles on the FFT bin frequencies (Hz)
     lo, inv_rise, hi, inv_fall = mel_constants()
     f = g.op("Mul", [g.op("Cast", [kcol], "fe_kf", to=f64), g.const("fe_binhz", frontend.SAMPLE_RATE / nfft, np.float64)],
@@ -184,28 +201,32 @@ def frontend_matrices(g: GraphBuilder, dtype=np.float64) -> tuple[str, str]:
                           g.const("fe_irise", inv_rise, np.float64)], "fe_rise")
     falling = g.op("Mul", [g.op("Sub", [g.const("fe_hi", hi, np.float64), f], "fe_fhi"),
                            g.const("fe_ifall", inv_fall, np.float64)], "fe_fall")
-    mel = g.op("Max", [g.op("Min", [rising, falling], "fe_tri"), g.const("fe_zerof", 0.0, np.float64)], "fe_mel")
-    mel2 = g.op("Concat", [mel, mel], "fe_mel2_64", axis=0)  # [514, 64]
+    M = g.op("Max", [g.op("Min", [rising, falling], "fe_tri"), g.const("fe_zerof", 0.0, np.float64)], "fe_M64")
     if np.dtype(dtype) != np.float64:
         t = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-        dft = g.op("Cast", [dft], "fe_dft", to=t)
-        mel2 = g.op("Cast", [mel2], "fe_mel2", to=t)
-    return dft, mel2
+        C, S, M = (g.op("Cast", [v], v[:-2], to=t) for v in (C, S, M))
+    return C, S, M
 
 
 def features(g: GraphBuilder, frames: str, dtype=np.float64) -> str:
     """``[..., 400]`` float32 frames -> ``[..., 64]`` float32 log-mel (normalisation is folded into embed).
 
-    With ``dtype=float64`` the front end runs in double precision: ``ln(mel + 1e-6)`` resolves
-    powers ~1e-10 of full scale, which float32 sums of 400 products cannot (errors up to ~1e-3 in
-    quiet bands next to a loud tone); the cost is a few microseconds per frame.
+    With ``dtype=float64`` (default) the front end runs in double precision: ``ln(mel + 1e-6)``
+    resolves powers ~1e-10 of full scale, which float32 sums of 400 products cannot (errors up to
+    ~1e-3 in quiet bands of frames with a loud tone).
     """
-    dft, mel2 = frontend_matrices(g, dtype)
+    C, S, M = frontend_matrices(g, dtype)
     if np.dtype(dtype) != np.float32:
         frames = g.op("Cast", [frames], "fe_frames64", to=helper.np_dtype_to_tensor_dtype(np.dtype(dtype)))
-    spec = g.op("MatMul", [frames, dft], "fe_spec")
-    power = g.op("Mul", [spec, spec], "fe_power")
-    mel = g.op("MatMul", [power, mel2], "fe_melE")
+    h = frontend.WIN // 2
+    ax = g.ints("fe_axm1", [-1])
+    fwd = g.op("Slice", [frames, g.ints("fe_h", [h]), g.ints("fe_w", [frontend.WIN]), ax], "fe_fwd")  # x[200+m]
+    bwd = g.op("Slice", [frames, g.ints("fe_h", [h]), g.ints("fe_zero1", [0]), ax, g.ints("fe_m1", [-1])],
+               "fe_bwd")  # x[200-m]
+    re = g.op("MatMul", [g.op("Add", [fwd, bwd], "fe_even"), C], "fe_re")
+    im = g.op("MatMul", [g.op("Sub", [fwd, bwd], "fe_odd"), S], "fe_im")
+    power = g.op("Add", [g.op("Mul", [re, re], "fe_re2"), g.op("Mul", [im, im], "fe_im2")], "fe_power")
+    mel = g.op("MatMul", [power, M], "fe_melE")
     lm = g.op("Log", [g.op("Add", [mel, g.const("fe_logeps", frontend.LOG_EPS, dtype)], "fe_mel_eps")], "fe_logmel")
     if np.dtype(dtype) != np.float32:
         lm = g.op("Cast", [lm], "fe_logmel32", to=TensorProto.FLOAT)
@@ -245,18 +266,31 @@ def layer_params(weights: dict, config: MambaConfig, i: int) -> dict[str, np.nda
     }
 
 
+# graph-shape knobs (measured in bench_variants; the defaults are the fastest found)
+OPTIONS = {"merge_in": False, "merge_xproj": True}
+
+
 def block_projections(g: GraphBuilder, x: str, P: dict, pre: str) -> tuple[str, str]:
     """RMSNorm + in_proj of a residual block: ``x [..., D]`` -> ``(xin, z)`` each ``[..., E]``."""
     u = g.rmsnorm(x, P["norm"], pre + "norm")
+    if OPTIONS["merge_in"]:
+        xz = g.op("MatMul", [u, g.const(pre + "in_w", np.concatenate([P["in_x"], P["in_z"]], 1))], pre + "in_xz")
+        return g.op("Split", [xz], pre + "in", n_out=2, axis=-1)
     return (g.op("MatMul", [u, g.const(pre + "in_x_w", P["in_x"])], pre + "in_x"),
             g.op("MatMul", [u, g.const(pre + "in_z_w", P["in_z"])], pre + "in_z"))
 
 
 def ssm_inputs(g: GraphBuilder, xc: str, P: dict, pre: str) -> tuple[str, str, str]:
     """``xc [..., E]`` -> ``dt [..., E]`` (after softplus), ``B [..., N]``, ``C [..., N]``."""
-    dtl = g.op("MatMul", [xc, g.const(pre + "x_dt_w", P["x_dt"])], pre + "dt_low")
-    Bm = g.op("MatMul", [xc, g.const(pre + "x_B_w", P["x_B"])], pre + "B")
-    Cm = g.op("MatMul", [xc, g.const(pre + "x_C_w", P["x_C"])], pre + "C")
+    if OPTIONS["merge_xproj"]:
+        W = np.concatenate([P["x_dt"], P["x_B"], P["x_C"]], 1)
+        R, N = P["x_dt"].shape[1], P["x_B"].shape[1]
+        dbc = g.op("MatMul", [xc, g.const(pre + "x_w", W)], pre + "dbc")
+        dtl, Bm, Cm = g.op("Split", [dbc, g.ints(f"split_{R}_{N}_{N}", [R, N, N])], pre + "xsplit", n_out=3, axis=-1)
+    else:
+        dtl = g.op("MatMul", [xc, g.const(pre + "x_dt_w", P["x_dt"])], pre + "dt_low")
+        Bm = g.op("MatMul", [xc, g.const(pre + "x_B_w", P["x_B"])], pre + "B")
+        Cm = g.op("MatMul", [xc, g.const(pre + "x_C_w", P["x_C"])], pre + "C")
     dtr = g.matmul_add(dtl, g.const(pre + "dt_w", P["dt_w"]), g.const(pre + "dt_bias", P["dt_b"]), pre + "dt_raw")
     return g.softplus(dtr, pre + "dt"), Bm, Cm
 
@@ -271,15 +305,14 @@ def block_output(g: GraphBuilder, x: str, y: str, xc: str, z: str, P: dict, pre:
 def conv_step(g: GraphBuilder, xin: str, conv_state: str, P: dict, pre: str) -> tuple[str, str]:
     """One step of the causal depthwise conv + SiLU.
 
-    ``xin [B, E]``, ``conv_state [B, K-1, E]`` -> ``(xc [B, E], conv_next [B, K-1, E])``.
+    ``xin [B, 1, E]``, ``conv_state [B, K-1, E]`` -> ``(xc [B, 1, E], conv_next [B, K-1, E])``.
     """
     K = P["conv_w"].shape[0]
-    x3 = g.op("Unsqueeze", [xin, g.ints(pre + "ax1", [1])], pre + "x3")
-    window = g.op("Concat", [conv_state, x3], pre + "conv_win", axis=1)  # [B, K, E]
-    nxt = g.op("Slice", [window, g.ints(pre + "s1", [1]), g.ints(pre + "sK", [K]), g.ints(pre + "ax1", [1])],
-               pre + "conv_next")
-    acc = g.op("ReduceSum", [g.op("Mul", [window, g.const(pre + "conv_w", P["conv_w"])], pre + "conv_mul"),
-                             g.ints(pre + "ax1", [1])], pre + "conv_sum", keepdims=0)
+    ax1 = g.ints("ax1", [1])
+    window = g.op("Concat", [conv_state, xin], pre + "conv_win", axis=1)  # [B, K, E]
+    nxt = g.op("Slice", [window, g.ints("s1", [1]), g.ints(pre + "sK", [K]), ax1], pre + "conv_next")
+    acc = g.op("ReduceSum", [g.op("Mul", [window, g.const(pre + "conv_w", P["conv_w"])], pre + "conv_mul"), ax1],
+               pre + "conv_sum", keepdims=1)
     acc = g.op("Add", [acc, g.const(pre + "conv_b", P["conv_b"])], pre + "conv")
     return g.silu(acc, pre + "xc"), nxt
 
@@ -287,17 +320,16 @@ def conv_step(g: GraphBuilder, xin: str, conv_state: str, P: dict, pre: str) -> 
 def ssm_step(g: GraphBuilder, xc: str, dt: str, Bm: str, Cm: str, h: str, P: dict, pre: str) -> tuple[str, str]:
     """One selective-SSM step with the state ``h [B, N, E]`` (d_inner innermost).
 
-    ``h' = exp(dt*A) * h + (dt*xc) B^T``, ``y = C h'``; returns ``(y [B, E], h')``.
+    ``xc, dt [B, 1, E]``, ``Bm, Cm [B, 1, N]``: ``h' = exp(dt*A) * h + B^T (dt*xc)``, ``y = C h'``;
+    returns ``(y [B, 1, E], h')``.
     """
-    ax1 = g.ints(pre + "ax1", [1])
-    dt3 = g.op("Unsqueeze", [dt, ax1], pre + "dt3")  # [B, 1, E]
-    dA = g.op("Exp", [g.op("Mul", [dt3, g.const(pre + "A", P["A"])], pre + "dtA")], pre + "dA")  # [B, N, E]
-    dtx3 = g.op("Unsqueeze", [g.op("Mul", [dt, xc], pre + "dtx"), ax1], pre + "dtx3")  # [B, 1, E]
-    B3 = g.op("Unsqueeze", [Bm, g.ints(pre + "ax2", [2])], pre + "B3")  # [B, N, 1]
-    dBx = g.op("Mul", [B3, dtx3], pre + "dBx")  # [B, N, E]
+    N = P["A"].shape[0]
+    dA = g.op("Exp", [g.op("Mul", [dt, g.const(pre + "A", P["A"])], pre + "dtA")], pre + "dA")  # [B, N, E]
+    dtx = g.op("Mul", [dt, xc], pre + "dtx")  # [B, 1, E]
+    Bcol = g.op("Reshape", [Bm, g.ints(f"shape_m1_{N}_1", [-1, N, 1])], pre + "Bcol")  # [B, N, 1]
+    dBx = g.op("Mul", [Bcol, dtx], pre + "dBx")  # [B, N, E]
     h2 = g.op("Add", [g.op("Mul", [dA, h], pre + "dAh"), dBx], pre + "h")
-    C3 = g.op("Unsqueeze", [Cm, ax1], pre + "C3")  # [B, 1, N]
-    y = g.op("Flatten", [g.op("MatMul", [C3, h2], pre + "Ch")], pre + "y", axis=1)  # [B, E]
+    y = g.op("MatMul", [Cm, h2], pre + "y")  # [B, 1, N] @ [B, N, E] -> [B, 1, E]
     return y, h2
 
 
@@ -338,6 +370,9 @@ def build_step_graph(weights: dict, config, metadata: dict[str, str],
     lm = features(g, frame, frontend_dtype)
     We, be = folded_embed(weights)
     x = g.matmul_add(lm, g.const("embed_w", We), g.const("embed_b", be), "embed")
+    # the residual stream is [B, 1, D] (T = 1) so that every per-step tensor already has the
+    # rank the state update needs: no Unsqueeze/Flatten per layer
+    x = g.op("Unsqueeze", [x, g.ints("ax1", [1])], "x3")
 
     nexts = {"state.audio": audio_next}
     for i in range(c.n_layers):
@@ -349,7 +384,9 @@ def build_step_graph(weights: dict, config, metadata: dict[str, str],
         y, nexts[f"state.layer{i}.ssm"] = ssm_step(g, xc, dt, Bm, Cm, states[f"state.layer{i}.ssm"], P, pre)
         x = block_output(g, x, y, xc, z, P, pre)
 
-    g.output("scores", [BATCH, c.n_classes], head(g, x, weights))
+    probs = head(g, x, weights)  # [B, 1, C]
+    g.output("scores", [BATCH, c.n_classes],
+             g.op("Reshape", [probs, g.ints("shape_scores", [-1, c.n_classes])], "scores2d"))
     for k, v in shapes.items():
         g.output(k + ".next", [BATCH] + v, nexts[k])
     return g.model("mambatag_step", metadata)

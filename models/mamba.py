@@ -120,7 +120,7 @@ class RMSNorm(nn.Module):
         return (xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
 
-def selective_scan(x, dt, A, Bm, Cm, h0=None, chunk: int = 64):
+def selective_scan(x, dt, A, Bm, Cm, h0=None, chunk: int = 32):
     """Chunked selective scan (float32), stable for any dt >= 0.
 
     ``x, dt [B, T, E]``, ``A [E, N]`` (negative), ``Bm, Cm [B, T, N]``, ``h0 [B, E, N]`` or None.
@@ -158,7 +158,7 @@ def selective_scan(x, dt, A, Bm, Cm, h0=None, chunk: int = 64):
     carries = []
     for c in range(nC):
         carries.append(carry)
-        carry = dec_end[:, c] * carry + h[:, c]
+        carry = torch.addcmul(h[:, c], dec_end[:, c], carry)
     carries = torch.stack(carries, dim=1)  # state entering each chunk [B, nC, E, N]
     # 3. add each frame's decayed carried-in state: y_t += sum_n C_t exp(A cum_t) carry
     dec = torch.exp(cum.unsqueeze(-1) * A)  # [B, nC, L, E, N]
@@ -189,7 +189,7 @@ class MambaMixer(nn.Module):
         dt, Bm, Cm = torch.split(dbc, [R, N, N], dim=-1)
         return F.softplus(self.dt_proj(dt).float()), Bm, Cm
 
-    def forward(self, u, conv_state=None, ssm_state=None, chunk: int = 64):
+    def forward(self, u, conv_state=None, ssm_state=None, chunk: int = 32):
         """``u [B, T, D]`` -> ``(out [B, T, D], conv_next [B, K-1, E], ssm_next [B, N, E])``."""
         Bsz, T, _ = u.shape
         K, E = self.d_conv, self.d_inner
@@ -230,7 +230,7 @@ class Block(nn.Module):
         self.norm = RMSNorm(c.d_model)
         self.mixer = MambaMixer(c)
 
-    def forward(self, x, conv_state=None, ssm_state=None, chunk: int = 64):
+    def forward(self, x, conv_state=None, ssm_state=None, chunk: int = 32):
         out, cs, ss = self.mixer(self.norm(x), conv_state, ssm_state, chunk)
         return x + out, cs, ss
 
@@ -250,7 +250,7 @@ class MambaTagger(nn.Module):
         self.layers = nn.ModuleList([Block(c) for _ in range(c.n_layers)])
         self.norm_f = RMSNorm(c.d_model)
         self.head = nn.Linear(c.d_model, c.n_classes)
-        self.chunk_size = 64
+        self.chunk_size = 32
         self.gradient_checkpointing = False
         self.load_numpy_weights(init_weights(c, seed))
 
