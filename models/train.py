@@ -182,9 +182,10 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bundle", default=os.path.join(REPO, ".data", "bundle"))
     ap.add_argument("--out", required=True)
-    ap.add_argument("--minutes", type=float, default=6.5, help="wall-clock budget for the optimisation loop")
+    ap.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget for the optimisation loop")
+    ap.add_argument("--deadline-minutes", type=float, default=7.5, help="hard wall-clock cap for the whole run")
     ap.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: budget only)")
-    ap.add_argument("--batch", type=int, default=24)
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
@@ -198,6 +199,7 @@ def main(argv=None):
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing (less memory)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--amp", action="store_true", help="bf16 autocast also on CPU (testing)")
     ap.add_argument("--smoke", action="store_true", help="2 tiny steps on CPU with fake data")
     a = ap.parse_args(argv)
 
@@ -257,12 +259,14 @@ def main(argv=None):
     opt = torch.optim.AdamW(param_groups(model, a.wd), lr=a.lr, betas=(0.9, 0.98), eps=1e-8)
     prod = Producer(mixer, a.batch, L, a.seed + 7)
     prod.start()
-    budget = a.minutes * 60
     t0 = time.time()
+    # the loop ends at --minutes, or earlier so that the whole run stays within --deadline-minutes
+    budget = min(a.minutes * 60, a.deadline_minutes * 60 - (t0 - t_start) - 40)
+    log({"event": "train_start", "budget_s": round(budget, 1)})
     state = None
     step = 0
     ema = None
-    amp = dev.type == "cuda"
+    amp = dev.type == "cuda" or a.amp
     while True:
         el = time.time() - t0
         if (a.max_steps and step >= a.max_steps) or (not a.max_steps and el >= budget):
@@ -272,14 +276,29 @@ def main(argv=None):
         for g in opt.param_groups:
             g["lr"] = lr
         x, y = prod.get()
-        if state is not None:
-            keep = (torch.rand(a.batch, device=dev) >= a.reset_p).float()
-            state = {k: v.detach() * keep.view(-1, *([1] * (v.dim() - 1))) for k, v in state.items()}
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-            logits, state = model(x, logits=True, state=state, return_state=True)
-        loss = F.binary_cross_entropy_with_logits(logits.float(), y[:, :logits.shape[1]])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            if state is not None:
+                keep = (torch.rand(x.shape[0], device=dev) >= a.reset_p).float()
+                state = {k: v.detach() * keep.view(-1, *([1] * (v.dim() - 1))).to(v.dtype) for k, v in state.items()}
+            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+                logits, state = model(x, logits=True, state=state, return_state=True)
+            loss = F.binary_cross_entropy_with_logits(logits.float(), y[:, :logits.shape[1]])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        except torch.cuda.OutOfMemoryError:
+            if step > 0 or a.batch <= 4:
+                raise
+            # first step does not fit: halve the batch and start over
+            del x, y
+            state = None
+            opt.zero_grad(set_to_none=True)
+            prod.close()
+            torch.cuda.empty_cache()
+            a.batch //= 2
+            log({"event": "oom", "new_batch": a.batch})
+            prod = Producer(mixer, a.batch, L, a.seed + 7)
+            prod.start()
+            continue
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
@@ -296,7 +315,9 @@ def main(argv=None):
     train_s = time.time() - t0
     m = monitor(model, val_scenes, classes)
     th = tune_thresholds(model, thr_scenes, classes)
-    log({"event": "final", "steps": step, "train_s": round(train_s, 1), "val": m, "thresholds": th})
+    mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else 0.0
+    log({"event": "final", "steps": step, "train_s": round(train_s, 1), "val": m, "thresholds": th,
+         "max_gpu_mem_gib": round(mem, 1)})
     model = model.float().cpu()
     meta = {"thresholds": json.dumps(th), "trained_steps": str(step),
             "train_seconds_per_scene": str(a.seconds), "batch": str(a.batch)}

@@ -338,6 +338,8 @@ def synth_records(rng: np.random.Generator) -> list[tuple[dict, np.ndarray]]:
 
 def write_shards(items: list[tuple[dict, np.ndarray]], outdir: str) -> list[dict]:
     """Concatenate clips into ~10-minute Opus shards per (split, codec class)."""
+    import shutil
+    shutil.rmtree(os.path.join(outdir, "audio"), ignore_errors=True)   # no stale shards
     os.makedirs(os.path.join(outdir, "audio"), exist_ok=True)
     gap = np.zeros(int(0.25 * SR), np.float32)
     buckets = {}

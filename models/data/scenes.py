@@ -52,6 +52,17 @@ class SceneMixer:
         return float(np.sqrt((fr ** 2).mean() + 1e-10))
 
     # ------------------------------------------------------------------ pieces
+    def _h2d(self, arr):
+        """Host numpy -> device without a stream sync (pinned, non-blocking) on CUDA."""
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        if self.device.type == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t
+
+    def _gen(self, rng):
+        """A torch generator on the mixer's device seeded from the numpy rng (no host copies)."""
+        return torch.Generator(device=self.device).manual_seed(int(rng.integers(2**31)))
+
     def _clip(self, i, rng, want_s, speed):
         """Audio [n] (float32, device) and hop mask [nh] (float32, cpu numpy) of clip i."""
         a = self.bank[self.off[i]:self.off[i + 1]].float()
@@ -75,11 +86,10 @@ class SceneMixer:
         return a, m
 
     def _colored_noise(self, B, L, rng):
-        g = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**31)))
-        w = torch.randn(B, L, generator=g).to(self.device)
+        w = torch.randn(B, L, generator=self._gen(rng), device=self.device)
         W = torch.fft.rfft(w, dim=1)
         f = torch.fft.rfftfreq(L, 1 / SR, device=self.device).clamp_min(20.0)
-        expo = torch.from_numpy(rng.uniform(0.0, 2.0, B).astype(np.float32)).to(self.device)
+        expo = self._h2d(rng.uniform(0.0, 2.0, B).astype(np.float32))
         W = W * (f[None, :] / 1000.0) ** (-expo[:, None] / 2)
         x = torch.fft.irfft(W, n=L, dim=1)
         x = x / x.pow(2).mean(1, keepdim=True).sqrt().clamp_min(1e-9)
@@ -99,8 +109,7 @@ class SceneMixer:
         n_ir = SR  # 1 s
         t = torch.arange(n_ir, device=self.device) / SR
         irs = torch.zeros(len(rows), n_ir, device=self.device)
-        g = torch.Generator(device="cpu").manual_seed(int(rng.integers(2**31)))
-        noise = torch.randn(len(rows), n_ir, generator=g).to(self.device)
+        noise = torch.randn(len(rows), n_ir, generator=self._gen(rng), device=self.device)
         for k in range(len(rows)):
             rt60 = float(rng.uniform(0.15, 1.0))
             irs[k] = noise[k] * torch.exp(-6.9 * t / rt60)
@@ -200,7 +209,13 @@ class SceneMixer:
                     continue
                 audio_ev[b, s0:s1] += a[s0 - off:s1 - off]
                 # targets: hop j of the clip lands on scene hop (off // HOP) + j
-                envh = env[::HOP].float().cpu().numpy()[:len(m)]
+                # envelope at hop starts, computed on the host (no device sync)
+                k = np.arange(len(m)) * HOP
+                envh = np.ones(len(m), np.float32)
+                if fi:
+                    envh = np.minimum(envh, k / fi)
+                if fo:
+                    envh = np.minimum(envh, (n - k) / fo)
                 mm = m[:len(envh)] * (envh > 0.1)
                 h0 = off // HOP
                 j0 = max(0, -h0)
@@ -236,12 +251,12 @@ class SceneMixer:
         x = audio_ev + bg
         x = self._eq(x, rng)
         peak = x.abs().amax(1, keepdim=True).clamp_min(1e-6)
-        lvl_db = torch.from_numpy(rng.uniform(-40, -1, B).astype(np.float32)).to(dev)
+        lvl_db = self._h2d(rng.uniform(-40, -1, B).astype(np.float32))
         if mode == "eval":
-            lvl_db = torch.from_numpy(rng.uniform(-25, -3, B).astype(np.float32)).to(dev)
+            lvl_db = self._h2d(rng.uniform(-25, -3, B).astype(np.float32))
         x = x / peak * (10 ** (lvl_db / 20))[:, None]
         if mode == "train":
             for b in range(B):
                 if rng.random() < 0.05:  # some clipping
                     x[b] = (x[b] * float(rng.uniform(2, 6))).clamp(-1, 1)
-        return x.float(), torch.from_numpy(tgt).to(dev), events
+        return x.float(), self._h2d(tgt), events
