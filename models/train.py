@@ -267,50 +267,55 @@ def main(argv=None):
     step = 0
     ema = None
     amp = dev.type == "cuda" or a.amp
-    while True:
-        el = time.time() - t0
-        if (a.max_steps and step >= a.max_steps) or (not a.max_steps and el >= budget):
-            break
-        prog = min(1.0, el / budget) if not a.max_steps else step / a.max_steps
-        lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x, y = prod.get()
-        try:
-            if state is not None:
-                keep = (torch.rand(x.shape[0], device=dev) >= a.reset_p).float()
-                state = {k: v.detach() * keep.view(-1, *([1] * (v.dim() - 1))).to(v.dtype) for k, v in state.items()}
-            with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-                logits, state = model(x, logits=True, state=state, return_state=True)
-            loss = F.binary_cross_entropy_with_logits(logits.float(), y[:, :logits.shape[1]])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        except torch.cuda.OutOfMemoryError:
-            if step > 0 or a.batch <= 4:
-                raise
-            # first step does not fit: halve the batch and start over
-            del x, y
-            state = None
-            opt.zero_grad(set_to_none=True)
-            prod.close()
-            torch.cuda.empty_cache()
-            a.batch //= 2
-            log({"event": "oom", "new_batch": a.batch})
-            prod = Producer(mixer, a.batch, L, a.seed + 7)
-            prod.start()
-            continue
-        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        lv = float(loss.item())
-        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
-        if step % 25 == 0 or step <= 3:
-            log({"step": step, "loss": round(lv, 4), "loss_ema": round(ema, 4), "lr": round(lr, 6),
-                 "gnorm": round(float(gn), 3), "elapsed": round(time.time() - t0, 1),
-                 "step_s": round((time.time() - t0) / step, 3), "queue": prod.q.qsize()})
-        if step % a.val_every == 0:
-            m = monitor(model, val_scenes, classes)
-            log({"step": step, "val": m})
+    try:
+        while True:
+            el = time.time() - t0
+            if (a.max_steps and step >= a.max_steps) or (not a.max_steps and el >= budget):
+                break
+            prog = min(1.0, el / budget) if not a.max_steps else step / a.max_steps
+            lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
+            for g in opt.param_groups:
+                g["lr"] = lr
+            x, y = prod.get()
+            try:
+                if state is not None:
+                    keep = (torch.rand(x.shape[0], device=dev) >= a.reset_p).float()
+                    state = {k: v.detach() * keep.view(-1, *([1] * (v.dim() - 1))).to(v.dtype) for k, v in state.items()}
+                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+                    logits, state = model(x, logits=True, state=state, return_state=True)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), y[:, :logits.shape[1]])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+            except torch.cuda.OutOfMemoryError:
+                if step > 0 or a.batch <= 4:
+                    raise
+                # first step does not fit: halve the batch and start over
+                del x, y
+                state = None
+                opt.zero_grad(set_to_none=True)
+                prod.close()
+                torch.cuda.empty_cache()
+                a.batch //= 2
+                log({"event": "oom", "new_batch": a.batch})
+                prod = Producer(mixer, a.batch, L, a.seed + 7)
+                prod.start()
+                continue
+            gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            step += 1
+            lv = float(loss.item())
+            ema = lv if ema is None else 0.98 * ema + 0.02 * lv
+            if step % 25 == 0 or step <= 3:
+                log({"step": step, "loss": round(lv, 4), "loss_ema": round(ema, 4), "lr": round(lr, 6),
+                     "gnorm": round(float(gn), 3), "elapsed": round(time.time() - t0, 1),
+                     "step_s": round((time.time() - t0) / step, 3), "queue": prod.q.qsize()})
+            if step % a.val_every == 0:
+                m = monitor(model, val_scenes, classes)
+                log({"step": step, "val": m})
+    except Exception as e:  # noqa: BLE001 - keep what was learned so far
+        log({"event": "error", "step": step, "error": repr(e)[:500]})
+        if step == 0:
+            raise
     prod.close()
     train_s = time.time() - t0
     m = monitor(model, val_scenes, classes)
