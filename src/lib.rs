@@ -6,9 +6,12 @@
 //! [`sink`] (JSONL/CSV/Audacity). [`pipeline`] wires one stream through all of it; [`model`]
 //! checks the model contract (`models/CONTRACT.md`); [`runtime`] finds ONNX Runtime.
 
+pub mod api;
+pub mod daemon;
 pub mod engine;
 pub mod events;
 pub mod frame;
+pub mod live;
 pub mod model;
 pub mod pipeline;
 pub mod resample;

@@ -28,12 +28,23 @@ enum Cmd {
     Inspect(cli::inspect::InspectArgs),
     /// Measure step latency, batched throughput and file real-time factor.
     Bench(cli::bench::BenchArgs),
+    /// List audio input devices (index, id, name, default rate/channels/formats).
+    Devices(cli::devices::DevicesArgs),
+    /// Show live tags from a microphone in the terminal.
+    Listen(cli::listen::ListenArgs),
+    /// Run the service: live sources, HTTP/SSE/WebSocket API, metrics (see config/mambatag.toml).
+    Serve(cli::serve::ServeArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The service logs its events (target mambatag::event) and life cycle at info by default.
+    let level = match cli.cmd {
+        Cmd::Serve(_) => format!("{},mambatag::event=info,mambatag::daemon=info", cli.log),
+        _ => cli.log.clone(),
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -42,6 +53,9 @@ fn main() -> ExitCode {
         Cmd::Tag(a) => cli::tag::run(a),
         Cmd::Inspect(a) => cli::inspect::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
+        Cmd::Devices(a) => cli::devices::run(a),
+        Cmd::Listen(a) => cli::listen::run(a),
+        Cmd::Serve(a) => cli::serve::run(a),
     };
     match res {
         Ok(code) => code,

@@ -1,5 +1,8 @@
 pub mod bench;
+pub mod devices;
 pub mod inspect;
+pub mod listen;
+pub mod serve;
 pub mod tag;
 
 use std::path::PathBuf;

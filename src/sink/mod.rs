@@ -4,3 +4,6 @@
 pub mod format;
 
 pub use format::{Format, Writer};
+pub mod jsonl;
+
+pub use jsonl::RotatingJsonl;
