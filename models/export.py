@@ -49,7 +49,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from models import frontend
 from models.reference import RMS_EPS
-from models.weights import MambaConfig, as_config, check_weights, load_weights
+from models.weights import MambaConfig, as_config, check_weights, load_metadata, load_weights
 
 CONTRACT_VERSION = "1"
 OPSET = 17
@@ -137,10 +137,17 @@ class GraphBuilder:
     def silu(self, x: str, base: str) -> str:
         return self.op("Mul", [x, self.op("Sigmoid", [x], base + "_sig")], base)
 
-    def softplus(self, x: str, base: str) -> str:
-        """``Relu(x) + Log(1 + Exp(-|x|))`` — stable and much faster than ORT's Softplus."""
+    def softplus(self, x: str, base: str, form: str = "relu_log1p") -> str:
+        """Stable softplus; ``relu_log1p``: ``Relu(x) + Log(1 + Exp(-|x|))`` (7 cheap kernels),
+        ``relu_logsig``: ``Relu(x) - Log(Sigmoid(|x|))`` (5), ``builtin``: ORT's slow Softplus."""
+        if form == "builtin":
+            return self.op("Softplus", [x], base)
+        ax = self.op("Abs", [x], base + "_abs")
+        if form == "relu_logsig":
+            t = self.op("Log", [self.op("Sigmoid", [ax], base + "_sig")], base + "_log")
+            return self.op("Sub", [self.op("Relu", [x], base + "_relu"), t], base)
         one = self.const(base + "_one", 1.0)
-        t = self.op("Exp", [self.op("Neg", [self.op("Abs", [x], base + "_abs")], base + "_neg")], base + "_exp")
+        t = self.op("Exp", [self.op("Neg", [ax], base + "_neg")], base + "_exp")
         t = self.op("Log", [self.op("Add", [t, one], base + "_1p")], base + "_log")
         return self.op("Add", [self.op("Relu", [x], base + "_relu"), t], base)
 
@@ -267,7 +274,7 @@ def layer_params(weights: dict, config: MambaConfig, i: int) -> dict[str, np.nda
 
 
 # graph-shape knobs (measured in bench_variants; the defaults are the fastest found)
-OPTIONS = {"merge_in": False, "merge_xproj": True}
+OPTIONS = {"merge_in": False, "merge_xproj": True, "softplus": "relu_log1p"}
 
 
 def block_projections(g: GraphBuilder, x: str, P: dict, pre: str) -> tuple[str, str]:
@@ -292,7 +299,7 @@ def ssm_inputs(g: GraphBuilder, xc: str, P: dict, pre: str) -> tuple[str, str, s
         Bm = g.op("MatMul", [xc, g.const(pre + "x_B_w", P["x_B"])], pre + "B")
         Cm = g.op("MatMul", [xc, g.const(pre + "x_C_w", P["x_C"])], pre + "C")
     dtr = g.matmul_add(dtl, g.const(pre + "dt_w", P["dt_w"]), g.const(pre + "dt_bias", P["dt_b"]), pre + "dt_raw")
-    return g.softplus(dtr, pre + "dt"), Bm, Cm
+    return g.softplus(dtr, pre + "dt", OPTIONS["softplus"]), Bm, Cm
 
 
 def block_output(g: GraphBuilder, x: str, y: str, xc: str, z: str, P: dict, pre: str) -> str:
@@ -460,6 +467,8 @@ def export_package(weights_path, outdir, name: str | None = None, version: str =
     to ~1e-3 in near-silent bands of loud frames, which some models turn into >1e-4 score errors).
     """
     weights, config = load_weights(weights_path)
+    if thresholds is None:  # train.py stores tuned thresholds in the weights' metadata
+        thresholds = load_metadata(weights_path).get("thresholds")
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     name = name or outdir.resolve().name
@@ -523,7 +532,8 @@ def main(argv=None) -> int:
     ap.add_argument("--name", help="model name (default: OUTDIR's name)")
     ap.add_argument("--version", default="0.0.0")
     ap.add_argument("--license", default="unspecified")
-    ap.add_argument("--thresholds", help='JSON object {"label": t}, a .json file, or one number (default 0.5)')
+    ap.add_argument("--thresholds", help='JSON object {"label": t}, a .json file, or one number '
+                    '(default: "thresholds" in the weights\' metadata, else 0.5)')
     ap.add_argument("--description")
     ap.add_argument("--chunk-frames", type=int, help="preferred T of the chunk graph (not built yet)")
     ap.add_argument("--no-weights", action="store_true", help="do not copy weights.safetensors into OUTDIR")

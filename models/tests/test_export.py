@@ -154,3 +154,16 @@ def test_export_cli_and_verify_cli(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "max abs error" in out and "PASS" in out
     assert verify(tmp_path / "pkg" / "step.onnx", frames=50, log=lambda *_: None)
+
+
+def test_thresholds_from_weights_metadata(tmp_path):
+    from models.export import export_package
+    from models.weights import save_weights
+
+    c = MambaConfig(d_model=16, n_layers=1, d_state=4, labels=["a", "b"])
+    save_weights(tmp_path / "w.safetensors", init_weights(c, 1), c,
+                 extra_metadata={"thresholds": json.dumps({"a": 0.25, "b": 0.75})})
+    info = check_contract(export_package(tmp_path / "w.safetensors", tmp_path / "p"))
+    assert info.thresholds == {"a": 0.25, "b": 0.75}
+    info = check_contract(export_package(tmp_path / "w.safetensors", tmp_path / "q", thresholds=0.4))
+    assert info.thresholds == {"a": 0.4, "b": 0.4}
