@@ -48,7 +48,6 @@ Training notes:
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import torch

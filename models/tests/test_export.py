@@ -5,7 +5,6 @@ import onnx
 import pytest
 
 from conftest import LABELS8, TINY_DIR, export_to
-from models import frontend
 from models.export import make_session, state_shapes
 from models.reference import reference_scores
 from models.verify import check_contract, run_steps, test_signal, verify  # noqa: F401
