@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The service logs its events (target mambatag::event) and life cycle at info by default.
     let level = match cli.cmd {
-        Cmd::Serve(_) => format!("{},mambatag::event=info,mambatag::daemon=info", cli.log),
+        Cmd::Serve(_) if cli.log == "warn" => "warn,mambatag=info".to_string(),
         _ => cli.log.clone(),
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -200,6 +200,10 @@ impl Capture {
                     stream
                         .play()
                         .map_err(|e| anyhow!("cannot start input device `{id}`: {e}"))?;
+                    let period = stream
+                        .buffer_size()
+                        .map(|n| format!(", buffer {n} frames"))
+                        .unwrap_or_default();
                     return Ok(Self {
                         _stream: stream,
                         cons,
@@ -207,7 +211,9 @@ impl Capture {
                         channels,
                         format,
                         flags,
-                        description: format!("{name} ({id}), {rate} Hz × {channels} {format}"),
+                        description: format!(
+                            "{name} ({id}), {rate} Hz × {channels} {format}{period}"
+                        ),
                     });
                 }
                 Err(e) => last_err = Some(e),

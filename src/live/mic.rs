@@ -18,7 +18,7 @@ pub const STALL: Duration = Duration::from_millis(1500);
 /// A freshly opened stream gets this long for its first callback (PulseAudio's ALSA plugin
 /// can take 1–2 s).
 pub const FIRST_CALLBACK: Duration = Duration::from_secs(4);
-pub const MAX_BACKOFF: Duration = Duration::from_millis(400);
+pub const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone)]
 pub struct MicConfig {
@@ -89,7 +89,12 @@ pub fn run(cfg: MicConfig, link: SourceLink) {
                     if gap > 0.0 {
                         link.stats.add_gap(gap);
                     }
-                    tracing::info!(device = %cfg.device, "capturing from {}", cap.description);
+                    tracing::info!(
+                        device = %cfg.device,
+                        "capturing from {} (first audio {:.0} ms after opening)",
+                        cap.description,
+                        opened.elapsed().as_secs_f64() * 1e3
+                    );
                     link.stats.set_state(SourceState::Running);
                     if !link.send(SourceEvent::Up {
                         description: cap.description.clone(),

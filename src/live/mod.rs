@@ -18,7 +18,7 @@
 //! `mambatag_nan_samples_total`).
 //!
 //! **Device loss** ([`mic`]): the source reports [`SourceEvent::Down`], retries with backoff
-//! (100 ms doubling to 400 ms) and reports [`SourceEvent::Up`] with the gap's length when the
+//! (100 ms, then every 200 ms) and reports [`SourceEvent::Up`] with the gap's length when the
 //! device is back. The rule for the stream's state across a gap: open events are closed at the
 //! last frame before the loss, the recurrent state and the smoothing are reset (audio before
 //! and after a gap is not continuous), and the stream's timeline continues with the gap's
