@@ -157,7 +157,7 @@ pub fn tag_source(
             cond.map_or(0.0, |c| c.seconds())
         })?;
 
-    engine.reset_row(0);
+    engine.reset_row(0)?;
     let advance = {
         let mut a = vec![false; engine.capacity()];
         a[0] = true;

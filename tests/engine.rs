@@ -19,6 +19,16 @@ fn engine(cap: usize) -> Engine {
     .expect("load tiny model")
 }
 
+/// `device_rows`: touch state rows only through ONNX Runtime copies of raw row views, the code
+/// path the CUDA engine uses, here on the CPU EP so CI covers it.
+fn engine_with(cap: usize, device_rows: bool) -> Engine {
+    let opts = EngineOptions {
+        force_device_row_ops: device_rows,
+        ..Default::default()
+    };
+    Engine::load(&tiny_model().join("step.onnx"), &opts, cap, 1).expect("load tiny model")
+}
+
 fn read_all(path: &std::path::Path) -> (Vec<f32>, u32) {
     let mut s = FileSource::open(path).unwrap();
     let mut x = Vec::new();
@@ -29,7 +39,7 @@ fn read_all(path: &std::path::Path) -> (Vec<f32>, u32) {
 /// Runs `pieces` of native-rate audio through conditioner + engine row 0; returns all scores.
 fn scores_for(e: &mut Engine, rate: u32, pieces: &[&[f32]]) -> Vec<f32> {
     let mut c = Conditioner::new(rate, 16000, 160, Quality::Fft).unwrap();
-    e.reset_row(0);
+    e.reset_row(0).unwrap();
     let mut out = Vec::new();
     let adv = vec![true; e.capacity()];
     let drain = |c: &mut Conditioner, e: &mut Engine, out: &mut Vec<f32>| {
@@ -108,6 +118,16 @@ fn chunking_does_not_change_scores() {
 
 #[test]
 fn batch_rows_are_independent_and_idle_rows_keep_state() {
+    slots_case(false);
+}
+
+#[test]
+fn device_style_row_copies_behave_the_same() {
+    slots_case(true);
+    snapshot_case(true);
+}
+
+fn slots_case(device_rows: bool) {
     let (x, _) = read_all(&tiny_model().join("fixture.wav"));
     let hops: Vec<&[f32]> = x.chunks_exact(160).collect();
     // Alone.
@@ -120,7 +140,7 @@ fn batch_rows_are_independent_and_idle_rows_keep_state() {
     }
     // In a batch of 4 with noise in the other rows, joining at frame 50 after the batch grew,
     // and idling (advance = false) for 10 frames in the middle.
-    let mut e = engine(1);
+    let mut e = engine_with(1, device_rows);
     let mut slots = SlotTable::new(1);
     slots.join(&mut e, 100).unwrap();
     slots.join(&mut e, 101).unwrap();
@@ -160,14 +180,18 @@ fn batch_rows_are_independent_and_idle_rows_keep_state() {
 
 #[test]
 fn snapshot_restore_and_reset() {
+    snapshot_case(false);
+}
+
+fn snapshot_case(device_rows: bool) {
     let (x, _) = read_all(&tiny_model().join("fixture.wav"));
     let hops: Vec<&[f32]> = x.chunks_exact(160).collect();
-    let mut e = engine(2);
+    let mut e = engine_with(2, device_rows);
     for h in &hops[..100] {
         e.input_mut(0).copy_from_slice(h);
         e.run(&[true, false]).unwrap();
     }
-    let snap = e.snapshot_row(0);
+    let snap = e.snapshot_row(0).unwrap();
     let mut first = Vec::new();
     for h in &hops[100..] {
         e.input_mut(0).copy_from_slice(h);
@@ -184,7 +208,7 @@ fn snapshot_restore_and_reset() {
     }
     assert_eq!(first, second);
     // Reset equals a fresh engine.
-    e.reset_row(0);
+    e.reset_row(0).unwrap();
     let mut fresh = engine(1);
     e.input_mut(0).copy_from_slice(hops[0]);
     e.run(&[true, false]).unwrap();

@@ -15,10 +15,10 @@ pub mod slots;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use ort::memory::Allocator;
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::{IoBinding, Session};
-use ort::value::Tensor;
+use ort::session::{IoBinding, RunOptions, Session};
+use ort::value::{Shape, Tensor, TensorRefMut};
 
 use crate::model::{GraphKind, ModelInfo};
 
@@ -62,6 +62,9 @@ pub struct EngineOptions {
     /// ONNX Runtime intra-op threads per engine. One gives the steadiest latency.
     pub threads: usize,
     pub cuda: CudaOptions,
+    /// Touch state rows only through ONNX Runtime copies, as on a GPU (tests run the device
+    /// code path on the CPU EP with this).
+    pub force_device_row_ops: bool,
 }
 
 impl Default for EngineOptions {
@@ -70,6 +73,7 @@ impl Default for EngineOptions {
             device: Device::Cpu,
             threads: 1,
             cuda: CudaOptions::default(),
+            force_device_row_ops: false,
         }
     }
 }
@@ -82,12 +86,23 @@ pub struct Engine {
     /// Hops per call: 1 for the step graph, `T` for the chunk graph.
     frames_per_call: usize,
     cap: usize,
+    /// Host-side audio and scores (what callers read and write).
     audio: Tensor<f32>,
     scores: Tensor<f32>,
+    /// Device-side copies bound to the session when the model runs off the host (CUDA); on the
+    /// CPU EP the host tensors are bound directly.
+    dev_io: Option<(Tensor<f32>, Tensor<f32>)>,
     /// Two sets of state tensors; `states[cur]` holds the current state.
     states: [Vec<Tensor<f32>>; 2],
     bindings: [IoBinding; 2],
+    /// Run options per binding (CUDA graphs need one graph id per binding).
+    run_opts: Option<[RunOptions; 2]>,
     cur: usize,
+    /// Where state tensors are allocated.
+    state_alloc: Allocator,
+    /// States are host memory and rows are touched directly (false on CUDA, or when forced to
+    /// exercise the device path on CPU in tests).
+    host_rows: bool,
 }
 
 impl Engine {
@@ -106,21 +121,51 @@ impl Engine {
             GraphKind::Step => 1,
             GraphKind::Chunk => frames_per_call.max(1),
         };
+        let on_gpu = device == Device::Cuda;
+        let state_alloc = if on_gpu {
+            Allocator::new(
+                &session,
+                MemoryInfo::new(
+                    AllocationDevice::CUDA,
+                    opts.cuda.device_id,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )?,
+            )?
+        } else {
+            Allocator::default()
+        };
+        let run_opts = if on_gpu && opts.cuda.cuda_graph {
+            let mk = |id: usize| -> Result<RunOptions> {
+                let mut r = RunOptions::new()?;
+                r.set("gpu_graph_id", id.to_string())?;
+                Ok(r)
+            };
+            Some([mk(0)?, mk(1)?])
+        } else {
+            None
+        };
         let cap = capacity.max(1);
-        let (audio, mut scores, mut states) = alloc_tensors(&info, cap, frames_per_call)?;
-        let bindings = make_bindings(&session, &info, &audio, &mut scores, &mut states)?;
-        Ok(Self {
+        let mut t = Tensors::alloc(&info, cap, frames_per_call, &state_alloc, on_gpu)?;
+        let bindings = t.bind(&session, &info)?;
+        let mut e = Self {
             session,
             info,
             device,
             frames_per_call,
             cap,
-            audio,
-            scores,
-            states,
+            audio: t.audio,
+            scores: t.scores,
+            dev_io: t.dev_io,
+            states: t.states,
             bindings,
+            run_opts,
             cur: 0,
-        })
+            state_alloc,
+            host_rows: !on_gpu && !opts.force_device_row_ops,
+        };
+        e.zero_all()?;
+        Ok(e)
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -159,22 +204,45 @@ impl Engine {
     /// they had before the call (their scores are computed but meaningless).
     pub fn run(&mut self, advance: &[bool]) -> Result<()> {
         debug_assert_eq!(advance.len(), self.cap);
-        let outputs = self
-            .session
-            .run_binding(&self.bindings[self.cur])
-            .context("model step failed")?;
+        if let Some((a, _)) = self.dev_io.as_mut() {
+            self.audio
+                .copy_into(a)
+                .context("copying audio to the device")?;
+        }
+        let outputs = match &self.run_opts {
+            Some(o) => self
+                .session
+                .run_binding_with_options(&self.bindings[self.cur], &o[self.cur]),
+            None => self.session.run_binding(&self.bindings[self.cur]),
+        }
+        .context("model step failed")?;
         drop(outputs);
+        if let Some((_, s)) = self.dev_io.as_ref() {
+            s.copy_into(&mut self.scores)
+                .context("copying scores from the device")?;
+        }
         let prev = self.cur;
         self.cur = 1 - self.cur;
         if advance.iter().any(|a| !a) {
-            for (i, spec) in self.info.states.iter().enumerate() {
-                let n = spec.elems();
-                let [a, b] = &mut self.states;
-                let (old, new) = if prev == 0 { (&*a, b) } else { (&*b, a) };
-                let old = old[i].extract_tensor().1;
-                let new = new[i].extract_tensor_mut().1;
-                for (row, _) in advance.iter().enumerate().filter(|(_, adv)| !**adv) {
-                    new[row * n..(row + 1) * n].copy_from_slice(&old[row * n..(row + 1) * n]);
+            let idle: Vec<usize> = (0..self.cap).filter(|&r| !advance[r]).collect();
+            for i in 0..self.info.states.len() {
+                let n = self.info.states[i].elems();
+                if self.host_rows {
+                    let [a, b] = &mut self.states;
+                    let (old, new) = if prev == 0 { (a, b) } else { (b, a) };
+                    let o = old[i].extract_tensor().1;
+                    let nw = new[i].extract_tensor_mut().1;
+                    for &row in &idle {
+                        nw[row * n..(row + 1) * n].copy_from_slice(&o[row * n..(row + 1) * n]);
+                    }
+                } else {
+                    // Device memory: stage the old state through the host. (A raw row view
+                    // cannot be the *source* of an ort copy: ort 2.0.0-rc.15 deadlocks cloning
+                    // a borrowed source inside `copy_into`; views work as targets.)
+                    let old = self.read_state(prev, i)?;
+                    for &row in &idle {
+                        self.write_row(1 - prev, i, row, &old[row * n..(row + 1) * n])?;
+                    }
                 }
             }
         }
@@ -182,33 +250,40 @@ impl Engine {
     }
 
     /// Zeroes row `row`'s state: a new stream starts there.
-    pub fn reset_row(&mut self, row: usize) {
-        for (spec, t) in self
+    pub fn reset_row(&mut self, row: usize) -> Result<()> {
+        let zeros: Vec<Vec<f32>> = self
             .info
             .states
             .iter()
-            .zip(self.states[self.cur].iter_mut())
-        {
-            let n = spec.elems();
-            t.extract_tensor_mut().1[row * n..(row + 1) * n].fill(0.0);
-        }
+            .map(|s| vec![0.0; s.elems()])
+            .collect();
+        self.restore_row(row, &zeros)
     }
 
-    /// Copies row `row`'s state out (one vector per state tensor).
-    pub fn snapshot_row(&self, row: usize) -> Vec<Vec<f32>> {
-        self.info
-            .states
-            .iter()
-            .zip(self.states[self.cur].iter())
-            .map(|(spec, t)| {
-                let n = spec.elems();
-                t.extract_tensor().1[row * n..(row + 1) * n].to_vec()
-            })
-            .collect()
+    /// Copies row `row`'s state out to host memory (one vector per state tensor).
+    pub fn snapshot_row(&mut self, row: usize) -> Result<Vec<Vec<f32>>> {
+        if row >= self.cap {
+            bail!("row {row} is outside the batch of {}", self.cap);
+        }
+        let mut out = Vec::with_capacity(self.info.states.len());
+        for i in 0..self.info.states.len() {
+            let n = self.info.states[i].elems();
+            if self.host_rows {
+                out.push(
+                    self.states[self.cur][i].extract_tensor().1[row * n..(row + 1) * n].to_vec(),
+                );
+            } else {
+                out.push(self.read_state(self.cur, i)?[row * n..(row + 1) * n].to_vec());
+            }
+        }
+        Ok(out)
     }
 
     /// Puts a state taken with [`Engine::snapshot_row`] into row `row`.
     pub fn restore_row(&mut self, row: usize, snap: &[Vec<f32>]) -> Result<()> {
+        if row >= self.cap {
+            bail!("row {row} is outside the batch of {}", self.cap);
+        }
         if snap.len() != self.info.states.len() {
             bail!(
                 "snapshot has {} state tensors, model has {}",
@@ -216,22 +291,32 @@ impl Engine {
                 self.info.states.len()
             );
         }
-        for ((spec, t), s) in self
-            .info
-            .states
-            .iter()
-            .zip(self.states[self.cur].iter_mut())
-            .zip(snap)
-        {
-            let n = spec.elems();
-            if s.len() != n {
+        for (spec, s) in self.info.states.iter().zip(snap) {
+            if s.len() != spec.elems() {
                 bail!(
-                    "snapshot of `{}` has {} values, expected {n}",
+                    "snapshot of `{}` has {} values, expected {}",
                     spec.name,
-                    s.len()
+                    s.len(),
+                    spec.elems()
                 );
             }
-            t.extract_tensor_mut().1[row * n..(row + 1) * n].copy_from_slice(s);
+        }
+        for (i, s) in snap.iter().enumerate() {
+            self.write_row(self.cur, i, row, s)?;
+        }
+        Ok(())
+    }
+
+    /// Writes one row of state tensor `i` of set `set`.
+    fn write_row(&mut self, set: usize, i: usize, row: usize, data: &[f32]) -> Result<()> {
+        let n = self.info.states[i].elems();
+        let t = &mut self.states[set][i];
+        if self.host_rows {
+            t.extract_tensor_mut().1[row * n..(row + 1) * n].copy_from_slice(data);
+        } else {
+            let dims = &self.info.states[i].dims;
+            let host = Tensor::from_array((row_shape(dims), data.to_vec()))?;
+            host.copy_into(row_view(t, row, dims)?)?;
         }
         Ok(())
     }
@@ -243,76 +328,176 @@ impl Engine {
             return Ok(());
         }
         let keep = self.cap.min(capacity);
-        let snaps: Vec<Vec<Vec<f32>>> = (0..keep).map(|r| self.snapshot_row(r)).collect();
-        let (audio, mut scores, mut states) =
-            alloc_tensors(&self.info, capacity, self.frames_per_call)?;
-        self.bindings = make_bindings(&self.session, &self.info, &audio, &mut scores, &mut states)?;
-        self.audio = audio;
-        self.scores = scores;
-        self.states = states;
+        let mut old: Vec<Vec<f32>> = Vec::new();
+        for i in 0..self.info.states.len() {
+            old.push(self.read_state(self.cur, i)?);
+        }
+        let on_gpu = self.device == Device::Cuda;
+        let mut t = Tensors::alloc(
+            &self.info,
+            capacity,
+            self.frames_per_call,
+            &self.state_alloc,
+            on_gpu,
+        )?;
+        self.bindings = t.bind(&self.session, &self.info)?;
+        self.audio = t.audio;
+        self.scores = t.scores;
+        self.dev_io = t.dev_io;
+        self.states = t.states;
         self.cur = 0;
         self.cap = capacity;
-        for (r, s) in snaps.iter().enumerate() {
-            self.restore_row(r, s)?;
+        self.zero_all()?;
+        for (i, o) in old.iter().enumerate() {
+            let n = self.info.states[i].elems();
+            let mut data = vec![0.0f32; capacity * n];
+            data[..keep * n].copy_from_slice(&o[..keep * n]);
+            self.write_state(0, i, &data)?;
         }
+        Ok(())
+    }
+
+    fn zero_all(&mut self) -> Result<()> {
+        for set in 0..2 {
+            for i in 0..self.info.states.len() {
+                let z = vec![0.0f32; self.cap * self.info.states[i].elems()];
+                self.write_state(set, i, &z)?;
+            }
+        }
+        self.audio.extract_tensor_mut().1.fill(0.0);
+        Ok(())
+    }
+
+    fn read_state(&mut self, set: usize, i: usize) -> Result<Vec<f32>> {
+        let t = &mut self.states[set][i];
+        if self.host_rows {
+            return Ok(t.extract_tensor().1.to_vec());
+        }
+        let shape: Vec<i64> = t.shape().iter().copied().collect();
+        let mut host = Tensor::<f32>::new(&Allocator::default(), shape)?;
+        t.copy_into(&mut host)?;
+        Ok(host.extract_tensor().1.to_vec())
+    }
+
+    fn write_state(&mut self, set: usize, i: usize, data: &[f32]) -> Result<()> {
+        let t = &mut self.states[set][i];
+        if self.host_rows {
+            t.extract_tensor_mut().1.copy_from_slice(data);
+            return Ok(());
+        }
+        let shape: Vec<i64> = t.shape().iter().copied().collect();
+        let host = Tensor::from_array((shape, data.to_vec()))?;
+        host.copy_into(t)?;
         Ok(())
     }
 }
 
-type Tensors = (Tensor<f32>, Tensor<f32>, [Vec<Tensor<f32>>; 2]);
-
-fn alloc_tensors(info: &ModelInfo, cap: usize, t: usize) -> Result<Tensors> {
-    let alloc = Allocator::default();
-    let audio_shape: Vec<i64> = if info.graph == GraphKind::Step {
-        vec![cap as i64, info.hop as i64]
-    } else {
-        vec![cap as i64, (t * info.hop) as i64]
-    };
-    let scores_shape: Vec<i64> = if info.graph == GraphKind::Step {
-        vec![cap as i64, info.num_labels() as i64]
-    } else {
-        vec![cap as i64, t as i64, info.num_labels() as i64]
-    };
-    let mut audio = Tensor::<f32>::new(&alloc, audio_shape)?;
-    audio.extract_tensor_mut().1.fill(0.0);
-    let scores = Tensor::<f32>::new(&alloc, scores_shape)?;
-    let mut sets: [Vec<Tensor<f32>>; 2] = [Vec::new(), Vec::new()];
-    for set in sets.iter_mut() {
-        for spec in &info.states {
-            let mut shape = vec![cap as i64];
-            shape.extend(spec.dims.iter().map(|&d| d as i64));
-            let mut t = Tensor::<f32>::new(&alloc, shape)?;
-            t.extract_tensor_mut().1.fill(0.0);
-            set.push(t);
-        }
-    }
-    Ok((audio, scores, sets))
+fn row_shape(dims: &[usize]) -> Vec<i64> {
+    std::iter::once(1i64)
+        .chain(dims.iter().map(|&d| d as i64))
+        .collect()
 }
 
-/// Binding `k` reads state set `k` and writes set `1 - k`. Bound tensors are shared with the
-/// binding (no copies on the CPU EP), so writing into `audio` before a call is enough.
-fn make_bindings(
-    session: &Session,
-    info: &ModelInfo,
-    audio: &Tensor<f32>,
-    scores: &mut Tensor<f32>,
-    states: &mut [Vec<Tensor<f32>>; 2],
-) -> Result<[IoBinding; 2]> {
-    let mut mk = |from: usize| -> Result<IoBinding> {
-        let mut b = session.create_binding()?;
-        b.bind_input("audio", audio)?;
-        b.bind_output("scores", &mut *scores)?;
-        let [s0, s1] = &mut *states;
-        let (ins, outs) = if from == 0 { (&*s0, s1) } else { (&*s1, s0) };
-        for (i, spec) in info.states.iter().enumerate() {
-            b.bind_input(spec.name.as_str(), &ins[i])?;
-            b.bind_output(spec.next_name(), &mut outs[i])?;
+/// A `[1, dims…]` view of row `row` of a state tensor, wherever its memory is, so rows of
+/// device-resident state are written by ONNX Runtime itself (no CUDA code in this crate).
+/// Only ever a copy *target* (see `Engine::run`).
+fn row_view<'a>(t: &mut Tensor<f32>, row: usize, dims: &[usize]) -> Result<TensorRefMut<'a, f32>> {
+    let n: usize = dims.iter().product();
+    let info = t.memory_info().to_owned();
+    let base = t.data_ptr_mut() as *mut f32;
+    // SAFETY: callers pass `row < B`, so the row lies inside the tensor's allocation; the
+    // view is used and dropped before the tensor is.
+    let v = unsafe {
+        TensorRefMut::<f32>::from_raw(
+            info,
+            base.add(row * n) as *mut std::ffi::c_void,
+            Shape::new(row_shape(dims)),
+        )
+    }?;
+    Ok(v)
+}
+
+/// The tensors of one batch size.
+struct Tensors {
+    audio: Tensor<f32>,
+    scores: Tensor<f32>,
+    dev_io: Option<(Tensor<f32>, Tensor<f32>)>,
+    states: [Vec<Tensor<f32>>; 2],
+}
+
+impl Tensors {
+    fn alloc(
+        info: &ModelInfo,
+        cap: usize,
+        t: usize,
+        state_alloc: &Allocator,
+        device_io: bool,
+    ) -> Result<Self> {
+        let host = Allocator::default();
+        let (audio_shape, scores_shape): (Vec<i64>, Vec<i64>) = if info.graph == GraphKind::Step {
+            (
+                vec![cap as i64, info.hop as i64],
+                vec![cap as i64, info.num_labels() as i64],
+            )
+        } else {
+            (
+                vec![cap as i64, (t * info.hop) as i64],
+                vec![cap as i64, t as i64, info.num_labels() as i64],
+            )
+        };
+        let audio = Tensor::<f32>::new(&host, audio_shape.clone())?;
+        let scores = Tensor::<f32>::new(&host, scores_shape.clone())?;
+        let dev_io = if device_io {
+            Some((
+                Tensor::<f32>::new(state_alloc, audio_shape)?,
+                Tensor::<f32>::new(state_alloc, scores_shape)?,
+            ))
+        } else {
+            None
+        };
+        let mut states: [Vec<Tensor<f32>>; 2] = [Vec::new(), Vec::new()];
+        for set in states.iter_mut() {
+            for spec in &info.states {
+                let mut shape = vec![cap as i64];
+                shape.extend(spec.dims.iter().map(|&d| d as i64));
+                set.push(Tensor::<f32>::new(state_alloc, shape)?);
+            }
         }
-        Ok(b)
-    };
-    let b0 = mk(0)?;
-    let b1 = mk(1)?;
-    Ok([b0, b1])
+        Ok(Self {
+            audio,
+            scores,
+            dev_io,
+            states,
+        })
+    }
+
+    /// Binding `k` reads state set `k` and writes set `1 - k`. Bound tensors are shared with
+    /// the binding (no copies), so writing into the bound audio tensor before a call is enough.
+    fn bind(&mut self, session: &Session, info: &ModelInfo) -> Result<[IoBinding; 2]> {
+        let mut mk = |from: usize| -> Result<IoBinding> {
+            let mut b = session.create_binding()?;
+            match self.dev_io.as_mut() {
+                Some((a, s)) => {
+                    b.bind_input("audio", &*a)?;
+                    b.bind_output("scores", s)?;
+                }
+                None => {
+                    b.bind_input("audio", &self.audio)?;
+                    b.bind_output("scores", &mut self.scores)?;
+                }
+            }
+            let [s0, s1] = &mut self.states;
+            let (ins, outs) = if from == 0 { (&*s0, s1) } else { (&*s1, s0) };
+            for (i, spec) in info.states.iter().enumerate() {
+                b.bind_input(spec.name.as_str(), &ins[i])?;
+                b.bind_output(spec.next_name(), &mut outs[i])?;
+            }
+            Ok(b)
+        };
+        let b0 = mk(0)?;
+        let b1 = mk(1)?;
+        Ok([b0, b1])
+    }
 }
 
 fn build_session(

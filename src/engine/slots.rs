@@ -63,7 +63,7 @@ impl SlotTable {
             }
         };
         self.rows[row] = Some(id);
-        engine.reset_row(row);
+        engine.reset_row(row)?;
         Ok(row)
     }
 
