@@ -17,14 +17,16 @@ use mambatag::source::FileSource;
 
 fn model() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let p = std::env::var_os("MAMBATAG_BENCH_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        let d = root.join("models/default");
-        if d.join("step.onnx").is_file() {
-            d
-        } else {
-            root.join("models/test-tiny")
-        }
-    });
+    let p = std::env::var_os("MAMBATAG_BENCH_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let d = root.join("models/default");
+            if d.join("step.onnx").is_file() {
+                d
+            } else {
+                root.join("models/test-tiny")
+            }
+        });
     ModelPackage::locate(&p).expect("bench model").step
 }
 
@@ -37,7 +39,20 @@ fn flac() -> PathBuf {
         let st = std::process::Command::new("sox")
             .args(["-n", "-r", "44100", "-c", "2", "-b", "16"])
             .arg(&p)
-            .args(["synth", "30", "pinknoise", "vol", "0.3", ":", "synth", "30", "sine", "440", "vol", "0.2"])
+            .args([
+                "synth",
+                "30",
+                "pinknoise",
+                "vol",
+                "0.3",
+                ":",
+                "synth",
+                "30",
+                "sine",
+                "440",
+                "vol",
+                "0.2",
+            ])
             .status()
             .expect("sox makes the benchmark file");
         assert!(st.success());
@@ -57,7 +72,9 @@ fn steps(c: &mut Criterion) {
         let adv = vec![true; b];
         let mut g = c.benchmark_group("step");
         g.throughput(Throughput::Elements(b as u64));
-        g.bench_function(format!("batch{b}"), |bench| bench.iter(|| e.run(&adv).unwrap()));
+        g.bench_function(format!("batch{b}"), |bench| {
+            bench.iter(|| e.run(&adv).unwrap())
+        });
         g.finish();
     }
 }
@@ -67,7 +84,10 @@ fn file(c: &mut Criterion) {
     let f = flac();
     let mut e = Engine::load(&path, &EngineOptions::default(), 1, 1).unwrap();
     let info = e.info().clone();
-    let opts = TagOptions { quality: Quality::Fft, events: EventParams::from_model(&info, &[], 5, 0.05).unwrap() };
+    let opts = TagOptions {
+        quality: Quality::Fft,
+        events: EventParams::from_model(&info, &[], 5, 0.05).unwrap(),
+    };
     let mut g = c.benchmark_group("file");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.bench_function("flac44k1_stereo_30s", |b| {

@@ -7,6 +7,7 @@
 //! checks the model contract (`models/CONTRACT.md`); [`runtime`] finds ONNX Runtime.
 
 pub mod api;
+pub mod batch;
 pub mod daemon;
 pub mod engine;
 pub mod events;

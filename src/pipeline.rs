@@ -92,6 +92,56 @@ pub struct TagOptions {
 /// Blocks of model-rate hops travel from the decoding thread in pieces of this many hops.
 const HOPS_PER_BLOCK: usize = 100;
 
+/// Reads `source` to the end, resampling to `rate_out` and cutting hops; hands blocks of whole
+/// hops (the last one zero-padded) to `send`. Returns the seconds of real audio.
+pub fn decode_hops(
+    mut source: Box<dyn AudioSource>,
+    rate_out: u32,
+    hop: usize,
+    quality: Quality,
+    mut send: impl FnMut(Vec<f32>) -> Result<()>,
+) -> Result<f64> {
+    let rate_in = source.info().rate;
+    let mut cond: Option<Conditioner> = None;
+    let mut mono = Vec::new();
+    let mut block = Vec::with_capacity(hop * HOPS_PER_BLOCK);
+    loop {
+        mono.clear();
+        let more = source.read(&mut mono)?;
+        if cond.is_none() {
+            // Formats that leave the rate out of the header know it after the first packet.
+            let r = if rate_in != 0 {
+                rate_in
+            } else {
+                source.info().rate
+            };
+            cond = Some(Conditioner::new(r, rate_out, hop, quality)?);
+        }
+        let c = cond.as_mut().unwrap();
+        if more {
+            c.push(&mono)?;
+        } else {
+            c.finish()?;
+        }
+        while let Some(h) = c.next_hop() {
+            block.extend_from_slice(h);
+            if block.len() >= hop * HOPS_PER_BLOCK {
+                send(std::mem::replace(
+                    &mut block,
+                    Vec::with_capacity(hop * HOPS_PER_BLOCK),
+                ))?;
+            }
+        }
+        if !more {
+            break;
+        }
+    }
+    if !block.is_empty() {
+        send(block)?;
+    }
+    Ok(cond.map_or(0.0, |c| c.seconds()))
+}
+
 /// Tags one source on row 0 of `engine` (a step engine with capacity ≥ 1): decoding and
 /// resampling run on their own thread; the caller's thread runs the model and the events.
 pub fn tag_source(
@@ -102,59 +152,21 @@ pub fn tag_source(
 ) -> Result<StreamSummary> {
     let info = engine.info().clone();
     let hop = info.hop;
-    let rate_in = source.info().rate;
     let (tx, rx) = bounded::<Result<Vec<f32>>>(4);
     let quality = opts.quality;
     let producer = std::thread::Builder::new()
         .name("decode".into())
         .spawn(move || -> f64 {
-            let mut src = source;
-            let mut cond: Option<Conditioner> = None;
-            let mut mono = Vec::new();
-            let mut block = Vec::with_capacity(hop * HOPS_PER_BLOCK);
-            let res: Result<()> = (|| {
-                loop {
-                    mono.clear();
-                    let more = src.read(&mut mono)?;
-                    if cond.is_none() {
-                        // Formats that leave the rate out of the header know it after the first packet.
-                        let r = if rate_in != 0 {
-                            rate_in
-                        } else {
-                            src.info().rate
-                        };
-                        cond = Some(Conditioner::new(r, info.sample_rate, hop, quality)?);
-                    }
-                    let c = cond.as_mut().unwrap();
-                    if more {
-                        c.push(&mono)?;
-                    } else {
-                        c.finish()?;
-                    }
-                    while let Some(h) = c.next_hop() {
-                        block.extend_from_slice(h);
-                        if block.len() >= hop * HOPS_PER_BLOCK {
-                            let full = std::mem::replace(
-                                &mut block,
-                                Vec::with_capacity(hop * HOPS_PER_BLOCK),
-                            );
-                            tx.send(Ok(full)).map_err(|_| anyhow!("engine stopped"))?;
-                        }
-                    }
-                    if !more {
-                        break;
-                    }
+            let res = decode_hops(source, info.sample_rate, hop, quality, |block| {
+                tx.send(Ok(block)).map_err(|_| anyhow!("engine stopped"))
+            });
+            match res {
+                Ok(seconds) => seconds,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    0.0
                 }
-                if !block.is_empty() {
-                    tx.send(Ok(std::mem::take(&mut block)))
-                        .map_err(|_| anyhow!("engine stopped"))?;
-                }
-                Ok(())
-            })();
-            if let Err(e) = res {
-                let _ = tx.send(Err(e));
             }
-            cond.map_or(0.0, |c| c.seconds())
         })?;
 
     engine.reset_row(0)?;

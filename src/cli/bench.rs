@@ -113,18 +113,27 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         file_rtf = Some(s.seconds / wall);
         file_seconds = Some(s.seconds);
     }
+    let hop_us = info.hop_seconds() * 1e6;
+    // The largest batch whose p99 step still fits in one hop: that many live streams keep up.
+    let max_rt = results
+        .iter()
+        .filter(|r| r.p99_us <= hop_us)
+        .map(|r| r.streams)
+        .max()
+        .unwrap_or(0);
     let b1 = &results[sizes.iter().position(|&s| s == 1).unwrap()];
     let b16 = &results[sizes.iter().position(|&s| s == 16).unwrap()];
     if a.json {
         let batches: Vec<_> = results
             .iter()
-            .map(|r| serde_json::json!({"streams": r.streams, "step_us_p50": r.p50_us, "step_us_p99": r.p99_us, "us_per_stream": r.per_stream_us, "realtime_streams": (info.hop_seconds() * 1e6 / r.p99_us * r.streams as f64).floor()}))
+            .map(|r| serde_json::json!({"streams": r.streams, "step_us_p50": r.p50_us, "step_us_p99": r.p99_us, "us_per_stream": r.per_stream_us, "stream_frames_per_s": 1e6 / r.per_stream_us, "realtime": r.p99_us <= hop_us}))
             .collect();
         let j = serde_json::json!({
             "model": info.name, "device": format!("{:?}", engine.device()).to_lowercase(), "threads": opts.threads,
             "step_us_p50": b1.p50_us, "step_us_p99": b1.p99_us,
             "batch16_us_per_stream": b16.per_stream_us,
             "file_rtf": file_rtf, "file_seconds": file_seconds,
+            "max_realtime_streams": max_rt,
             "batches": batches,
         });
         println!("{}", serde_json::to_string(&j)?);
@@ -139,15 +148,21 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         info.state_bytes_per_stream()
     );
     println!(
-        "{:>8} {:>12} {:>12} {:>16}",
-        "streams", "step p50 µs", "step p99 µs", "µs/stream-frame"
+        "{:>8} {:>12} {:>12} {:>16} {:>16} {:>9}",
+        "streams", "step p50 µs", "step p99 µs", "µs/stream-frame", "stream-frames/s", "real time"
     );
     for r in &results {
         println!(
-            "{:>8} {:>12.1} {:>12.1} {:>16.1}",
-            r.streams, r.p50_us, r.p99_us, r.per_stream_us
+            "{:>8} {:>12.1} {:>12.1} {:>16.2} {:>16.0} {:>9}",
+            r.streams,
+            r.p50_us,
+            r.p99_us,
+            r.per_stream_us,
+            1e6 / r.per_stream_us,
+            if r.p99_us <= hop_us { "yes" } else { "no" }
         );
     }
+    println!("largest batch with p99 step ≤ {hop_us:.0} µs (real time): {max_rt} streams");
     if let (Some(rtf), Some(secs)) = (file_rtf, file_seconds) {
         println!(
             "file: {secs:.1} s of audio, {rtf:.0}× real time (decode + resample + model + events)"

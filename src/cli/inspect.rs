@@ -21,6 +21,9 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
         model: a.path.clone(),
         device: Default::default(),
         threads: 1,
+        cuda_graph: false,
+        tf32: false,
+        cuda_device: 0,
     };
     let pkg = margs.package()?;
     let mut graphs = vec![pkg.step.clone()];

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Result};
 use clap::Args;
 
-use mambatag::engine::{Device, EngineOptions};
+use mambatag::engine::{CudaOptions, Device, EngineOptions};
 use mambatag::model::ModelPackage;
 
 /// Options shared by every subcommand that runs a model.
@@ -25,6 +25,15 @@ pub struct ModelArgs {
     /// ONNX Runtime intra-op threads per engine.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// CUDA: capture and replay the step as a CUDA graph (fixed shapes per batch size).
+    #[arg(long)]
+    pub cuda_graph: bool,
+    /// CUDA: allow TF32 matrix multiplies (faster, ~1e-4 less exact).
+    #[arg(long)]
+    pub tf32: bool,
+    /// CUDA: device index.
+    #[arg(long, default_value_t = 0)]
+    pub cuda_device: i32,
 }
 
 impl ModelArgs {
@@ -42,6 +51,12 @@ impl ModelArgs {
         EngineOptions {
             device: self.device,
             threads: self.threads,
+            cuda: CudaOptions {
+                device_id: self.cuda_device,
+                tf32: self.tf32,
+                cuda_graph: self.cuda_graph,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }

@@ -1,27 +1,46 @@
-//! `mambatag tag`: every input is tried; a failed input prints one line naming it and the
-//! reason, the others go on, and the exit status is 0 only if all succeeded.
+//! `mambatag tag`: files, folders (`-r`), globs, manifests (`--list`) and stdin through the
+//! batch runner. Every input is tried; a failed input prints one line naming it and the reason,
+//! the others go on, and the exit status is 0 only if all succeeded.
 
+use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufWriter, IsTerminal, Write};
+use std::path::{Component, Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 
+use mambatag::batch::{self, BatchOptions, Report};
 use mambatag::engine::Engine;
 use mambatag::events::EventParams;
-use mambatag::pipeline::{tag_source, Output, TagOptions};
 use mambatag::resample::Quality;
 use mambatag::sink::{Format, Writer};
 use mambatag::source::{AudioSource, FileSource, PcmFormat, PcmSource};
 
 use super::ModelArgs;
 
+/// File name extensions `-r` picks up in folders.
+pub const AUDIO_EXTENSIONS: &[&str] = &[
+    "wav", "wave", "flac", "mp3", "ogg", "oga", "m4a", "mp4", "aac", "alac", "aif", "aiff", "aifc",
+    "caf", "mkv", "mka", "webm",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EngineKind {
+    /// The step graph: one hop per call (what live sources use).
+    Step,
+    /// The chunk graph: many hops per call (fast offline; same scores within 1e-4).
+    Chunk,
+    /// Chunk when the model ships a chunk graph, else step.
+    Auto,
+}
+
 #[derive(Args, Debug)]
 pub struct TagArgs {
-    /// Audio files, or `-` for raw PCM on stdin (needs --rate).
-    #[arg(required = true)]
+    /// Audio files, folders (with -r), glob patterns, or `-` for raw PCM on stdin (needs --rate).
     pub inputs: Vec<PathBuf>,
     #[command(flatten)]
     pub model: ModelArgs,
@@ -31,9 +50,27 @@ pub struct TagArgs {
     /// Also write per-frame scores.
     #[arg(long)]
     pub frames: bool,
-    /// Write one file per input into this directory instead of stdout.
+    /// Write one file per input into this directory (mirroring the input tree) instead of stdout.
     #[arg(short, long)]
     pub out: Option<PathBuf>,
+    /// Descend into folders and tag every audio file in them.
+    #[arg(short, long)]
+    pub recursive: bool,
+    /// Read input paths from this file, one per line (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub list: Option<PathBuf>,
+    /// Process only shard I of N (0-based): a deterministic subset for cluster job arrays.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// Skip inputs whose output (with --out) is already complete.
+    #[arg(long, requires = "out")]
+    pub resume: bool,
+    /// Streams run side by side as rows of one batched call.
+    #[arg(long, default_value_t = 8)]
+    pub lanes: usize,
+    /// Which graph runs the files.
+    #[arg(long = "engine", value_enum, default_value_t = EngineKind::Auto)]
+    pub engine_kind: EngineKind,
     /// Per-label thresholds, LABEL=ON or LABEL=ON:OFF (repeatable). Defaults come from the model.
     #[arg(long = "threshold", value_name = "LABEL=ON[:OFF]")]
     pub thresholds: Vec<String>,
@@ -55,6 +92,30 @@ pub struct TagArgs {
     /// Raw PCM input (`-`): sample format.
     #[arg(long, value_enum, default_value_t = PcmFormat::S16le)]
     pub sample_format: PcmFormat,
+    /// Never draw the progress bar.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// One thing to tag, and where its output goes under --out.
+#[derive(Debug, Clone)]
+struct Input {
+    path: PathBuf,
+    /// Output path relative to --out, without the format extension.
+    mirror: PathBuf,
+}
+
+impl Input {
+    fn name(&self) -> String {
+        if self.is_stdin() {
+            "-".into()
+        } else {
+            self.path.display().to_string()
+        }
+    }
+    fn is_stdin(&self) -> bool {
+        self.path.as_os_str() == "-"
+    }
 }
 
 pub fn run(a: TagArgs) -> Result<ExitCode> {
@@ -64,106 +125,347 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
     if a.frames && a.format == Format::Csv && a.out.is_none() {
         bail!("--frames with --format csv needs --out DIR (frame rows go to NAME.frames.csv)");
     }
-    if a.inputs.iter().filter(|p| p.as_os_str() == "-").count() > 1 {
+    if a.inputs.is_empty() && a.list.is_none() {
+        bail!("nothing to tag: give files, folders with -r, or --list FILE");
+    }
+    let (mut inputs, mut failures) = expand_inputs(&a)?;
+    if inputs.iter().filter(|i| i.is_stdin()).count() > 1 {
         bail!("stdin (`-`) can be given only once");
     }
-    if let Some(dir) = &a.out {
+    if let Some(s) = &a.shard {
+        let (i, n) = parse_shard(s)?;
+        // Sorted by path so every member of a job array sees the same order.
+        inputs.sort_by(|x, y| x.path.cmp(&y.path));
+        inputs = inputs
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| k % n == i)
+            .map(|(_, x)| x)
+            .collect();
+        // Patterns or folders that matched nothing are reported by shard 0 alone.
+        if i != 0 {
+            failures.clear();
+        }
+    }
+    let out_dir = a.out.clone();
+    if let Some(dir) = &out_dir {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--out {}: cannot create directory", dir.display()))?;
     }
+    let mut skipped = 0usize;
+    if a.resume {
+        let dir = out_dir.as_ref().unwrap();
+        let before = inputs.len();
+        inputs.retain(|i| !OutFiles::new(dir, i, a.format, a.frames).complete());
+        skipped = before - inputs.len();
+    }
+
     let pkg = a.model.package()?;
-    let mut engine = Engine::load(&pkg.step, &a.model.engine_options(), 1, 1)?;
+    let (graph, kind) = match (a.engine_kind, &pkg.chunk) {
+        (EngineKind::Step, _) | (EngineKind::Auto, None) => (pkg.step.clone(), "step"),
+        (EngineKind::Chunk | EngineKind::Auto, Some(c)) => (c.clone(), "chunk"),
+        (EngineKind::Chunk, None) => {
+            bail!("--engine chunk: {} has no chunk.onnx", pkg.root.display())
+        }
+    };
+    let probe = Engine::load(&pkg.step, &a.model.engine_options(), 1, 1)?;
+    let t = probe.info().chunk_frames.unwrap_or(100);
+    drop(probe);
+    let lanes = a.lanes.max(1).min(inputs.len().max(1));
+    let mut engine = Engine::load(&graph, &a.model.engine_options(), lanes, t)?;
+    tracing::info!(
+        graph = kind,
+        lanes,
+        frames_per_call = engine.frames_per_call(),
+        "engine ready"
+    );
     let info = engine.info().clone();
     let params = EventParams::from_model(&info, &a.thresholds, a.smooth, a.min_duration)?;
-    let opts = TagOptions {
+    let opts = BatchOptions {
+        lanes,
         quality: a.quality,
         events: params,
+        frames: a.frames,
     };
 
-    let stdout = std::io::stdout();
-    let mut shared: Option<Writer> = if a.out.is_none() {
-        let w = Writer::new(
+    for (name, why) in &failures {
+        eprintln!("mambatag: {name}: {why}");
+    }
+    let total = inputs.len() + failures.len();
+    let mut failed = failures.len();
+
+    // Outputs: one shared stdout writer, or one writer per input under --out.
+    let mut shared: Option<Writer> = out_dir.is_none().then(|| {
+        Writer::new(
             a.format,
             &info.labels,
-            Box::new(BufWriter::new(stdout)),
+            Box::new(BufWriter::new(std::io::stdout())),
             None,
-        );
-        Some(w)
-    } else {
-        None
-    };
+        )
+    });
     if let Some(w) = shared.as_mut() {
         w.begin()?;
     }
-    let mut failed = 0usize;
-    for input in &a.inputs {
-        let name = if input.as_os_str() == "-" {
-            "-".to_string()
-        } else {
-            input.display().to_string()
-        };
-        let res = (|| -> Result<()> {
-            let source = open_source(input, &a)?;
-            match &a.out {
-                None => {
-                    let w = shared.as_mut().unwrap();
-                    tag_into(&mut engine, source, &opts, &name, a.frames, w)?;
-                    w.flush()
+    let mut per_job: HashMap<usize, (OutFiles, Writer)> = HashMap::new();
+    let show_bar = !a.quiet && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+    let bar = show_bar.then(|| {
+        let b = indicatif::ProgressBar::new(inputs.len() as u64);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} files · {msg} · ETA {eta}",
+            )
+            .unwrap(),
+        );
+        b
+    });
+    let started = Instant::now();
+    let mut audio_seconds = 0.0f64;
+    let mut ok = 0usize;
+    let stdin_once = Mutex::new(Some(()));
+    let open = |job: usize| -> Result<Box<dyn AudioSource>> {
+        let i = &inputs[job];
+        if i.is_stdin() {
+            stdin_once
+                .lock()
+                .unwrap()
+                .take()
+                .ok_or_else(|| anyhow!("stdin already read"))?;
+            let rate = a.rate.ok_or_else(|| {
+                anyhow!("raw PCM on stdin needs --rate HZ (and --channels, --sample-format)")
+            })?;
+            return Ok(Box::new(PcmSource::new(
+                "-",
+                std::io::stdin(),
+                rate,
+                a.channels,
+                a.sample_format,
+            )?));
+        }
+        Ok(Box::new(FileSource::open(&i.path)?))
+    };
+    let writer_for = |job: usize, per_job: &mut HashMap<usize, (OutFiles, Writer)>| -> Result<()> {
+        if let (Some(dir), false) = (out_dir.as_ref(), per_job.contains_key(&job)) {
+            let of = OutFiles::new(dir, &inputs[job], a.format, a.frames);
+            let mut w = of.writer(a.format, &info.labels)?;
+            w.begin()?;
+            per_job.insert(job, (of, w));
+        }
+        Ok(())
+    };
+    batch::run(&mut engine, inputs.len(), &open, &opts, |r| match r {
+        Report::Frame { job, time, scores } => {
+            writer_for(job, &mut per_job)?;
+            let name = inputs[job].name();
+            match shared.as_mut() {
+                Some(w) => w.frame(&name, time, scores),
+                None => per_job.get_mut(&job).unwrap().1.frame(&name, time, scores),
+            }
+        }
+        Report::Event { job, event } => {
+            writer_for(job, &mut per_job)?;
+            let name = inputs[job].name();
+            match shared.as_mut() {
+                Some(w) => w.event(&name, &event),
+                None => per_job.get_mut(&job).unwrap().1.event(&name, &event),
+            }
+        }
+        Report::Done { job, result } => {
+            let name = inputs[job].name();
+            let result = result.and_then(|s| {
+                match shared.as_mut() {
+                    Some(w) => w.flush()?,
+                    None => {
+                        writer_for(job, &mut per_job)?;
+                        let (of, mut w) = per_job.remove(&job).unwrap();
+                        w.flush()?;
+                        drop(w);
+                        of.commit()?;
+                    }
                 }
-                Some(dir) => {
-                    let out = OutFiles::new(dir, input, a.format, a.frames)?;
-                    let mut w = out.writer(a.format, &info.labels)?;
-                    w.begin()?;
-                    let r = tag_into(&mut engine, source, &opts, &name, a.frames, &mut w)
-                        .and_then(|_| w.flush());
-                    drop(w);
-                    match r {
-                        Ok(()) => out.commit(),
-                        Err(e) => {
-                            out.abort();
-                            Err(e)
-                        }
+                Ok(s)
+            });
+            match result {
+                Ok(s) => {
+                    ok += 1;
+                    audio_seconds += s.seconds;
+                }
+                Err(e) => {
+                    if let Some((of, w)) = per_job.remove(&job) {
+                        drop(w);
+                        of.abort();
+                    }
+                    failed += 1;
+                    let msg = format!("mambatag: {name}: {e:#}");
+                    match &bar {
+                        Some(b) => b.println(msg),
+                        None => eprintln!("{msg}"),
                     }
                 }
             }
-        })();
-        if let Err(e) = res {
-            failed += 1;
-            eprintln!("mambatag: {name}: {e:#}");
+            if let Some(b) = &bar {
+                let wall = started.elapsed().as_secs_f64().max(1e-9);
+                b.set_message(format!(
+                    "{:.2} h audio · {:.0}× real time",
+                    audio_seconds / 3600.0,
+                    audio_seconds / wall
+                ));
+                b.inc(1);
+            }
+            Ok(())
         }
+    })?;
+    if let Some(b) = &bar {
+        b.finish_and_clear();
+    }
+    let wall = started.elapsed().as_secs_f64();
+    if total > 1 || skipped > 0 {
+        eprintln!(
+            "mambatag: {ok} ok, {failed} failed{} · {:.3} h of audio in {:.1} s ({:.0}× real time)",
+            if skipped > 0 {
+                format!(", {skipped} skipped (--resume)")
+            } else {
+                String::new()
+            },
+            audio_seconds / 3600.0,
+            wall,
+            audio_seconds / wall.max(1e-9)
+        );
     }
     if failed > 0 {
-        eprintln!("mambatag: {failed} of {} inputs failed", a.inputs.len());
+        eprintln!("mambatag: {failed} of {total} inputs failed");
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn open_source(input: &Path, a: &TagArgs) -> Result<Box<dyn AudioSource>> {
-    if input.as_os_str() == "-" {
-        let rate = a.rate.ok_or_else(|| {
-            anyhow!("raw PCM on stdin needs --rate HZ (and --channels, --sample-format)")
-        })?;
-        let src = PcmSource::new("-", std::io::stdin(), rate, a.channels, a.sample_format)?;
-        return Ok(Box::new(src));
+fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let bad = || anyhow!("--shard {s}: expected I/N with 0 ≤ I < N (e.g. 3/16)");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
     }
-    Ok(Box::new(FileSource::open(input)?))
+    Ok((i, n))
 }
 
-fn tag_into(
-    engine: &mut Engine,
-    source: Box<dyn AudioSource>,
-    opts: &TagOptions,
-    name: &str,
-    frames: bool,
-    w: &mut Writer,
-) -> Result<()> {
-    tag_source(engine, source, opts, |o| match o {
-        Output::Frame { time, scores } if frames => w.frame(name, time, scores),
-        Output::Frame { .. } => Ok(()),
-        Output::Event(e) => w.event(name, &e),
-    })?;
-    Ok(())
+fn is_audio(p: &Path) -> bool {
+    p.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| AUDIO_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
+/// A path made safe to put under --out: relative, no `..`.
+fn sanitize(p: &Path) -> PathBuf {
+    p.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(PathBuf::from(s)),
+            Component::ParentDir => Some(PathBuf::from("_")),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Files, folders, globs and the manifest → the inputs, plus early failures (name, reason).
+/// Inputs that failed before tagging started: (name, reason).
+type EarlyFailures = Vec<(String, String)>;
+
+fn expand_inputs(a: &TagArgs) -> Result<(Vec<Input>, EarlyFailures)> {
+    let mut raw: Vec<(PathBuf, bool)> = a.inputs.iter().map(|p| (p.clone(), false)).collect();
+    if let Some(list) = &a.list {
+        let text = if list.as_os_str() == "-" {
+            std::io::read_to_string(std::io::stdin()).context("--list -: cannot read stdin")?
+        } else {
+            std::fs::read_to_string(list)
+                .with_context(|| format!("--list {}: cannot read", list.display()))?
+        };
+        raw.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(|l| (PathBuf::from(l), true)),
+        );
+    }
+    let mut inputs = Vec::new();
+    let mut failures = Vec::new();
+    for (p, from_list) in raw {
+        if p.as_os_str() == "-" {
+            inputs.push(Input {
+                path: p,
+                mirror: PathBuf::from("stdin"),
+            });
+            continue;
+        }
+        let s = p.to_string_lossy();
+        if !p.exists() && s.contains(['*', '?', '[']) {
+            let mut n = 0;
+            match glob::glob(&s) {
+                Ok(paths) => {
+                    for m in paths.flatten() {
+                        if m.is_file() {
+                            n += 1;
+                            inputs.push(Input {
+                                mirror: sanitize(&m),
+                                path: m,
+                            });
+                        }
+                    }
+                }
+                Err(e) => failures.push((s.to_string(), format!("bad glob pattern: {e}"))),
+            }
+            if n == 0 {
+                failures.push((s.to_string(), "no file matches this pattern".into()));
+            }
+            continue;
+        }
+        if p.is_dir() && a.recursive {
+            let mut found = Vec::new();
+            walk(&p, &mut found);
+            found.sort();
+            if found.is_empty() {
+                failures.push((
+                    p.display().to_string(),
+                    "folder holds no audio files".into(),
+                ));
+            }
+            for f in found {
+                let rel = f
+                    .strip_prefix(&p)
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|_| sanitize(&f));
+                inputs.push(Input {
+                    path: f,
+                    mirror: rel,
+                });
+            }
+            continue;
+        }
+        let mirror = if from_list {
+            sanitize(&p)
+        } else {
+            p.file_name()
+                .map(PathBuf::from)
+                .unwrap_or_else(|| sanitize(&p))
+        };
+        inputs.push(Input { path: p, mirror });
+    }
+    Ok((inputs, failures))
+}
+
+fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => walk(&p, out),
+            Ok(_) if is_audio(&p) && p.is_file() => out.push(p),
+            _ => {}
+        }
+    }
 }
 
 /// Output files of one input, written under temporary names and renamed when complete.
@@ -173,20 +475,25 @@ struct OutFiles {
 }
 
 impl OutFiles {
-    fn new(dir: &Path, input: &Path, format: Format, frames: bool) -> Result<Self> {
-        let base = if input.as_os_str() == "-" {
-            "stdin".to_string()
-        } else {
-            input
-                .file_name()
-                .ok_or_else(|| anyhow!("has no file name"))?
-                .to_string_lossy()
-                .into_owned()
+    fn new(dir: &Path, input: &Input, format: Format, frames: bool) -> Self {
+        let base = dir.join(&input.mirror);
+        let with = |suffix: &str| {
+            let mut s = base.as_os_str().to_owned();
+            s.push(suffix);
+            PathBuf::from(s)
         };
-        let events = dir.join(format!("{base}.{}", format.extension()));
-        let frames =
-            (frames && format == Format::Csv).then(|| dir.join(format!("{base}.frames.csv")));
-        Ok(Self { events, frames })
+        let events = with(&format!(".{}", format.extension()));
+        let frames = (frames && format == Format::Csv).then(|| with(".frames.csv"));
+        Self { events, frames }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &PathBuf> {
+        std::iter::once(&self.events).chain(self.frames.iter())
+    }
+
+    /// Every output exists under its final name (they are renamed into place only when whole).
+    fn complete(&self) -> bool {
+        self.all().all(|p| p.is_file())
     }
 
     fn tmp(p: &Path) -> PathBuf {
@@ -197,6 +504,10 @@ impl OutFiles {
 
     fn writer(&self, format: Format, labels: &[String]) -> Result<Writer> {
         let create = |p: &Path| -> Result<Box<dyn Write + Send>> {
+            if let Some(parent) = p.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("cannot create {}", parent.display()))?;
+            }
             let f = File::create(Self::tmp(p))
                 .with_context(|| format!("cannot create {}", p.display()))?;
             Ok(Box::new(BufWriter::new(f)))
@@ -210,7 +521,7 @@ impl OutFiles {
     }
 
     fn commit(&self) -> Result<()> {
-        for p in std::iter::once(&self.events).chain(self.frames.iter()) {
+        for p in self.all() {
             std::fs::rename(Self::tmp(p), p)
                 .with_context(|| format!("cannot write {}", p.display()))?;
         }
@@ -218,7 +529,7 @@ impl OutFiles {
     }
 
     fn abort(&self) {
-        for p in std::iter::once(&self.events).chain(self.frames.iter()) {
+        for p in self.all() {
             let _ = std::fs::remove_file(Self::tmp(p));
         }
     }

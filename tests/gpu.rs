@@ -1,0 +1,132 @@
+//! GPU suite (needs `--features cuda` and an NVIDIA GPU): `cargo test --features cuda --test gpu
+//! -- --ignored`. CI has no GPU; the same slot/IoBinding code paths run on the CPU EP in
+//! tests/engine.rs (`device_style_row_copies_behave_the_same`).
+//!
+//! Model: `$MAMBATAG_GPU_MODEL`, else models/default when present, else models/test-tiny.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use mambatag::engine::slots::SlotTable;
+use mambatag::engine::{Device, Engine, EngineOptions};
+use mambatag::model::ModelPackage;
+
+fn model() -> PathBuf {
+    let p = std::env::var_os("MAMBATAG_GPU_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let d = repo().join("models/default");
+            if d.join("step.onnx").is_file() {
+                d
+            } else {
+                tiny_model()
+            }
+        });
+    ModelPackage::locate(&p).unwrap().step
+}
+
+fn load(device: Device, cap: usize) -> Engine {
+    let opts = EngineOptions {
+        device,
+        ..Default::default()
+    };
+    Engine::load(&model(), &opts, cap, 1).expect("load model")
+}
+
+/// Deterministic test audio: tones, chirps and noise bursts, hop by hop.
+fn hop_audio(t: usize, row: usize, out: &mut [f32]) {
+    let mut seed = (t as u64 * 7919 + row as u64 * 104_729) | 1;
+    for (i, x) in out.iter_mut().enumerate() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let n = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        let s = (t * 160 + i) as f32 / 16000.0;
+        let f = 200.0 + 50.0 * ((t / 300) % 40) as f32 + 30.0 * row as f32;
+        let tone = (2.0 * std::f32::consts::PI * f * s).sin()
+            * if (t / 150) % 2 == 0 { 0.4 } else { 0.05 };
+        *x = tone + n * if (t / 97) % 3 == 0 { 0.3 } else { 0.01 };
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU (--features cuda)"]
+fn gpu_matches_cpu_over_10000_frames() {
+    let mut cpu = load(Device::Cpu, 1);
+    let mut gpu = load(Device::Cuda, 1);
+    assert_eq!(gpu.device(), Device::Cuda);
+    let mut max = 0.0f32;
+    let mut buf = vec![0.0; 160];
+    for t in 0..10_000 {
+        hop_audio(t, 0, &mut buf);
+        cpu.input_mut(0).copy_from_slice(&buf);
+        gpu.input_mut(0).copy_from_slice(&buf);
+        cpu.run(&[true]).unwrap();
+        gpu.run(&[true]).unwrap();
+        for (a, b) in cpu.scores(0).iter().zip(gpu.scores(0)) {
+            max = max.max((a - b).abs());
+        }
+    }
+    println!("GPU vs CPU max abs score difference over 10000 frames: {max:e}");
+    assert!(max <= 1e-3, "{max}");
+}
+
+#[test]
+#[ignore = "needs a GPU (--features cuda)"]
+fn gpu_slot_joining_mid_batch_scores_as_alone() {
+    let frames = 400;
+    let mut alone = load(Device::Cuda, 1);
+    let mut want = Vec::new();
+    let mut buf = vec![0.0; 160];
+    for t in 0..frames {
+        hop_audio(t, 5, &mut buf);
+        alone.input_mut(0).copy_from_slice(&buf);
+        alone.run(&[true]).unwrap();
+        want.push(alone.scores(0).to_vec());
+    }
+    let mut e = load(Device::Cuda, 1);
+    let mut slots = SlotTable::new(1);
+    for id in 0..40 {
+        slots.join(&mut e, id).unwrap();
+    }
+    assert_eq!(e.capacity(), 64);
+    let mut got = Vec::new();
+    let mut t = 0;
+    let mut round = 0;
+    while t < frames {
+        if round == 37 {
+            slots.join(&mut e, 999).unwrap();
+        }
+        for r in 0..40 {
+            hop_audio(round, r, e.input_mut(r));
+        }
+        let joined = slots.row_of(999);
+        let idle = (100..110).contains(&round);
+        if let Some(r) = joined {
+            hop_audio(t, 5, &mut buf);
+            e.input_mut(r).copy_from_slice(&buf);
+        }
+        let adv = slots.advance_mask(|r, id| id != 999 || (Some(r) == joined && !idle));
+        e.run(&adv).unwrap();
+        if let (Some(r), false) = (joined, idle) {
+            got.push(e.scores(r).to_vec());
+            t += 1;
+        }
+        round += 1;
+    }
+    let max = got
+        .iter()
+        .flatten()
+        .zip(want.iter().flatten())
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!("joined-mid-batch vs alone on GPU: max abs difference {max:e} (batch 64 vs 1; cuBLAS may pick other kernels)");
+    assert!(max <= 1e-4, "{max}");
+    // Snapshot to host and restore into another row: same continuation.
+    let r = slots.row_of(999).unwrap();
+    let snap = e.snapshot_row(r).unwrap();
+    e.restore_row(0, &snap).unwrap();
+    assert_eq!(e.snapshot_row(0).unwrap(), snap);
+}
