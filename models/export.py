@@ -3,10 +3,12 @@
 Usage::
 
     python -m models.export WEIGHTS.safetensors OUTDIR [--name N] [--version V] [--license L]
-        [--thresholds JSON|FILE|NUMBER] [--description TEXT] [--chunk-frames T] [--bench]
+        [--thresholds JSON|FILE|NUMBER] [--description TEXT] [--chunk-frames T] [--chunk-scan S]
+        [--bench]
 
-writes ``OUTDIR/step.onnx`` (and copies the weights to ``OUTDIR/weights.safetensors`` unless
-``--no-weights``). ``--bench`` times the step graph with onnxruntime on one thread at B=1 and B=16.
+writes ``OUTDIR/step.onnx`` and ``OUTDIR/chunk.onnx`` (``--chunk-frames 0``: step only) and copies
+the weights to ``OUTDIR/weights.safetensors`` unless ``--no-weights``. ``--bench`` times both graphs
+with onnxruntime on one thread at B=1 and B=16.
 
 Graph design (measured choices, see ``shared/notes/mamba-onnx.md``):
 
@@ -34,9 +36,12 @@ Graph design (measured choices, see ``shared/notes/mamba-onnx.md``):
   ~0.6 µs per kernel × ~150 kernels; at B=16 the elementwise passes over the SSM state dominate.
 
 The graph-building helpers (:class:`GraphBuilder`, :func:`frontend_matrices`, :func:`features`,
-:func:`block_projections`, …) work on any leading dims so the chunk graph (CONTRACT §3, not built
-yet) can reuse them and replace only the per-step recurrence (``conv_step``/``ssm_step``) with a
-scan over time.
+:func:`block_projections`, …) work on any leading dims; the chunk graph (:func:`build_chunk_graph`,
+CONTRACT §3) reuses them over ``[B, T, ·]`` and replaces only the per-step pieces: framing
+(:func:`chunk_frames_of`), the causal conv (:func:`conv_chunk`) and the recurrence (:func:`scan_seq`,
+an ONNX Scan whose body is the step update; or :func:`scan_chunked`, a stable sub-chunked scan).
+``T`` is symbolic. Measured choices in :data:`CHUNK_OPTIONS` and ``models/README.md``: 128x4 at B=1
+≈29 us/frame (≈4.5x the step graph), at B=16 ≈26 us/frame/stream (T=250).
 """
 
 from __future__ import annotations
@@ -405,6 +410,200 @@ def build_step_graph(weights: dict, config, metadata: dict[str, str],
     return g.model("mambatag_step", metadata)
 
 
+# --------------------------------------------------------------------------- chunk graph
+
+INT_MAX = 2**62  # Slice "to the end"
+
+
+def _shape_dim(g: GraphBuilder, x: str, axis: int, base: str) -> str:
+    """``x.shape[axis]`` as an int64 ``[1]`` tensor."""
+    return g.op("Slice", [g.op("Shape", [x], base + "_shape"), g.ints(f"dim{axis}", [axis]),
+                          g.ints(f"dim{axis}e", [axis + 1])], base)
+
+
+def chunk_frames_of(g: GraphBuilder, full: str) -> str:
+    """``[B, 240 + T*160]`` audio with history -> frames ``[B, T, 400]`` (frame t = samples
+    ``[t*160, t*160 + 400)``): pad 80 zeros in front so the length is ``(T+2)*160``, view as hops
+    ``H [B, T+2, 160]``; frame t = ``H[t, 80:] ++ H[t+1] ++ H[t+2]``."""
+    hop, win = frontend.HOP, frontend.WIN
+    lead = 3 * hop - win  # 80
+    padded = g.op("Pad", [full, g.ints("fr_pads", [0, lead, 0, 0])], "fr_padded")
+    H = g.op("Reshape", [padded, g.ints("fr_hops_shape", [0, -1, hop])], "fr_hops")  # [B, T+2, 160]
+    a = g.op("Slice", [H, g.ints("fr_a_s", [0, lead]), g.ints("fr_a_e", [-2, hop]), g.ints("ax12", [1, 2])], "fr_a")
+    ax1 = g.ints("ax1", [1])
+    b = g.op("Slice", [H, g.ints("one1", [1]), g.ints("m1_1", [-1]), ax1], "fr_b")
+    c = g.op("Slice", [H, g.ints("two1", [2]), g.ints("intmax", [INT_MAX]), ax1], "fr_c")
+    return g.op("Concat", [a, b, c], "frames", axis=-1)  # [B, T, 400]
+
+
+def conv_chunk(g: GraphBuilder, xin: str, conv_state: str, P: dict, pre: str) -> tuple[str, str]:
+    """Causal depthwise conv + SiLU over a chunk: ``xin [B, T, E]``, ``conv_state [B, K-1, E]`` ->
+    ``(xc [B, T, E], conv_next [B, K-1, E])`` (K shifted slices of ``concat(state, xin)``)."""
+    K = P["conv_w"].shape[0]
+    ax1 = g.ints("ax1", [1])
+    xpad = g.op("Concat", [conv_state, xin], pre + "conv_pad", axis=1)  # [B, T+K-1, E]
+    acc = None
+    for k in range(K):
+        end = k - (K - 1) if k < K - 1 else INT_MAX
+        sl = g.op("Slice", [xpad, g.ints(f"i{k}", [k]), g.ints(f"i{end}", [end]), ax1], pre + f"conv_s{k}")
+        term = g.op("Mul", [sl, g.const(pre + f"conv_w{k}", P["conv_w"][k])], pre + f"conv_m{k}")
+        acc = term if acc is None else g.op("Add", [acc, term], pre + f"conv_a{k}")
+    acc = g.op("Add", [acc, g.const(pre + "conv_b", P["conv_b"])], pre + "conv")
+    nxt = g.op("Slice", [xpad, g.ints(f"i{-(K - 1)}", [-(K - 1)]), g.ints("intmax", [INT_MAX]), ax1], pre + "conv_next")
+    return g.silu(acc, pre + "xc"), nxt
+
+
+def scan_seq(g: GraphBuilder, xc: str, dt: str, Bm: str, Cm: str, h0: str, P: dict, pre: str) -> tuple[str, str]:
+    """Selective scan as an ONNX ``Scan`` over time (body = the step graph's update, 6 ops).
+
+    ``xc, dt [B, T, E]``, ``Bm, Cm [B, T, N]``, ``h0 [B, N, E]`` -> ``(y [B, T, E], h_T)``.
+    """
+    N, E = P["A"].shape
+    dtx = g.op("Mul", [dt, xc], pre + "dtx")
+    dt4 = g.op("Unsqueeze", [dt, g.ints("ax2", [2])], pre + "dt4")  # [B, T, 1, E]
+    dtx4 = g.op("Unsqueeze", [dtx, g.ints("ax2", [2])], pre + "dtx4")
+    B4 = g.op("Unsqueeze", [Bm, g.ints("ax3", [3])], pre + "B4")  # [B, T, N, 1]
+    C4 = g.op("Unsqueeze", [Cm, g.ints("ax2", [2])], pre + "C4")  # [B, T, 1, N]
+    b = GraphBuilder()
+    F = TensorProto.FLOAT
+    vi = helper.make_tensor_value_info
+    b.inputs = [vi("h", F, None), vi("dt_t", F, None), vi("dtx_t", F, None), vi("B_t", F, None), vi("C_t", F, None)]
+    dA = b.op("Exp", [b.op("Mul", ["dt_t", b.const("A", P["A"])], "dtA")], "dA")
+    h2 = b.op("Add", [b.op("Mul", [dA, "h"], "dAh"), b.op("Mul", ["B_t", "dtx_t"], "dBx")], "h_out")
+    y = b.op("MatMul", ["C_t", h2], "y_t")
+    body = helper.make_graph(b.nodes, pre + "scan_body", b.inputs, [vi(h2, F, None), vi(y, F, None)], b.initializers)
+    hT, y4 = g.op("Scan", [h0, dt4, dtx4, B4, C4], pre + "scan", n_out=2, body=body, num_scan_inputs=4,
+                  scan_input_axes=[1, 1, 1, 1], scan_output_axes=[1])  # y4 [B, T, 1, E]
+    y = g.op("Reshape", [y4, g.ints(f"shape_0_m1_{E}", [0, -1, E])], pre + "y_seq")
+    return y, hT
+
+
+def _pad_time(g: GraphBuilder, x: str, T1: str, mult: int, pre: str, nm: str) -> str:
+    """Pad axis 1 of ``x [B, T, W]`` with zeros to a multiple of ``mult``."""
+    m = g.ints(f"L{mult}", [mult])
+    padn = g.op("Mod", [g.op("Sub", [m, g.op("Mod", [T1, m], pre + f"Tmod{mult}")], pre + f"Lm{mult}"), m],
+                pre + f"padn{mult}")
+    pads = g.op("Concat", [g.ints("zeros4", [0, 0, 0, 0]), padn, g.ints("zero1", [0])], pre + f"pads{mult}", axis=0)
+    return g.op("Pad", [x, pads], pre + nm + "_pad")
+
+
+def scan_chunked(g: GraphBuilder, xc: str, dt: str, Bm: str, Cm: str, h0: str, P: dict, pre: str,
+                 L: int = 16) -> tuple[str, str]:
+    """Chunked selective scan: sub-chunks of ``L`` frames processed side by side.
+
+    ``T`` is padded to ``nC * L`` with ``dt = 0`` frames (decay 1, no input). Pass 1 runs the
+    recurrence from zero state inside all ``nC`` sub-chunks at once (``L`` unrolled steps over
+    ``[B, nC, N, E]``), giving each frame's zero-start output and each sub-chunk's end state.
+    A ``Scan`` over the ``nC`` sub-chunks carries the state across boundaries
+    (``c_k = exp(A sum(dt_k)) c_{k-1} + end_k``, from ``h0``). Pass 2 adds each frame's share of
+    its sub-chunk's carried-in state, ``C_t (prod_{j<=t} exp(dt_j A)) c``, again unrolled over ``L``.
+    Only ``exp(A * dt-sum)`` of non-negative ``dt`` sums is ever taken (values in (0, 1]), never
+    ``exp(-cumsum)``: stable for any ``dt``. Work is ~1.5x the sequential update's element passes;
+    it wins only where kernel dispatch dominates (tiny models at B=1), see ``CHUNK_OPTIONS``.
+    """
+    N, E = P["A"].shape
+    A = g.const(pre + "A", P["A"])
+    T1 = _shape_dim(g, xc, 1, pre + "T")
+
+    def split4(x: str, width: int, nm: str, transpose: bool = False) -> list[str]:
+        xp = _pad_time(g, x, T1, L, pre, nm)
+        x4 = g.op("Reshape", [xp, g.ints(f"shape_0_m1_{L}_{width}", [0, -1, L, width])], pre + nm + "_4")
+        axis = 2
+        if transpose:  # [B, nC, width, L]
+            x4 = g.op("Transpose", [x4], pre + nm + "_T", perm=[0, 1, 3, 2])
+            axis = 3
+        return g.op("Split", [x4], pre + nm + "_j", n_out=L, axis=axis) if L > 1 else [x4]
+
+    dtx = g.op("Mul", [dt, xc], pre + "dtx")
+    dt_j = split4(dt, E, "dt")  # [B, nC, 1, E]
+    dtx_j = split4(dtx, E, "dtx")  # [B, nC, 1, E]
+    B_j = split4(Bm, N, "Bm", transpose=True)  # [B, nC, N, 1]
+    C_j = split4(Cm, N, "Cm")  # [B, nC, 1, N]
+    # pass 1: zero-start recurrence in every sub-chunk
+    dA, y0, h = [], [], None
+    for j in range(L):
+        dAj = g.op("Exp", [g.op("Mul", [dt_j[j], A], pre + f"dtA{j}")], pre + f"dA{j}")
+        dA.append(dAj)
+        dBx = g.op("Mul", [B_j[j], dtx_j[j]], pre + f"dBx{j}")
+        h = dBx if h is None else g.op("Add", [g.op("Mul", [dAj, h], pre + f"dAh{j}"), dBx], pre + f"h{j}")
+        y0.append(g.op("MatMul", [C_j[j], h], pre + f"y0_{j}"))
+    # carry across sub-chunks: Scan over nC
+    dtsum = g.op("Sum", dt_j, pre + "dtsum") if L > 1 else dt_j[0]
+    a = g.op("Exp", [g.op("Mul", [dtsum, A], pre + "sumA")], pre + "chunk_decay")  # [B, nC, N, E]
+    b = GraphBuilder()
+    F = TensorProto.FLOAT
+    vi = helper.make_tensor_value_info
+    b.inputs = [vi("c", F, None), vi("a_k", F, None), vi("e_k", F, None)]
+    c2 = b.op("Add", [b.op("Mul", ["a_k", "c"], "ac"), "e_k"], "c_out")
+    cin = b.op("Identity", ["c"], "c_in")
+    body = helper.make_graph(b.nodes, pre + "carry_body", b.inputs, [vi(c2, F, None), vi(cin, F, None)])
+    hT, carries = g.op("Scan", [h0, a, h], pre + "carry", n_out=2, body=body, num_scan_inputs=2,
+                       scan_input_axes=[1, 1], scan_output_axes=[1])  # carries [B, nC, N, E]
+    # pass 2: add the decayed carried-in state
+    ys, gcar = [], carries
+    for j in range(L):
+        gcar = g.op("Mul", [dA[j], gcar], pre + f"g{j}")
+        ys.append(g.op("Add", [y0[j], g.op("MatMul", [C_j[j], gcar], pre + f"yc{j}")], pre + f"y{j}"))
+    y4 = g.op("Concat", ys, pre + "y4", axis=2) if L > 1 else ys[0]  # [B, nC, L, E]
+    y = g.op("Reshape", [y4, g.ints(f"shape_0_m1_{E}", [0, -1, E])], pre + "y_pad")
+    y = g.op("Slice", [y, g.ints("zero1", [0]), T1, g.ints("ax1", [1])], pre + "y_seq")
+    return y, hT
+
+
+# chunk-graph knobs. "scan": "scan" (ONNX Scan over frames, default) or "chunked" (scan_chunked with
+# sub-chunks of "sub_chunk" frames). Measured (1 thread, CPU time per frame, T = 250/1000, 2-core box,
+# 2026-11-29): 128x4 Scan 29 us at B=1, 26-30 us/stream at B=16; chunked 31-39 / 42-52; test-tiny
+# Scan 9.5 / 5.9, chunked 6-8 / 6.3-7.6. Also tried and dropped (never faster than Scan on 128x4):
+# Scan with 4 or 8 steps unrolled per iteration (30-31 / 27-31), decays and inputs precomputed as
+# [B, T, N, E] tensors outside the Scan (41-52 / 42-52), 8 lanes of T/8 frames with a two-pass
+# carry (34 / 38-43).
+CHUNK_OPTIONS = {"scan": "scan", "sub_chunk": 16}
+CHUNK_FRAMES = 250  # preferred T written to mambatag.chunk_frames (see models/README.md)
+
+
+def build_chunk_graph(weights: dict, config, metadata: dict[str, str], frontend_dtype=np.float64,
+                      **options) -> onnx.ModelProto:
+    """The chunk graph: ``audio [B, T*160]`` + states -> ``scores [B, T, C]`` + states after the
+    last hop. ``T`` is symbolic (any ``T >= 1`` per call)."""
+    opt = {**CHUNK_OPTIONS, **options}
+    c = as_config(config)
+    check_weights(weights, c)
+    g = GraphBuilder()
+    audio = g.input("audio", [BATCH, "samples"])
+    shapes = state_shapes(c)
+    states = {k: g.input(k, [BATCH] + v) for k, v in shapes.items()}
+
+    full = g.op("Concat", [states["state.audio"], audio], "audio_full", axis=1)  # [B, 240 + T*160]
+    audio_next = g.op("Slice", [full, g.ints("hist_neg", [-frontend.HISTORY]), g.ints("intmax", [INT_MAX]),
+                                g.ints("ax1", [1])], "audio_hist")
+    frames = chunk_frames_of(g, full)
+    lm = features(g, frames, frontend_dtype)  # [B, T, 64]
+    We, be = folded_embed(weights)
+    x = g.matmul_add(lm, g.const("embed_w", We), g.const("embed_b", be), "embed")  # [B, T, D]
+
+    nexts = {"state.audio": audio_next}
+    for i in range(c.n_layers):
+        pre = f"l{i}_"
+        P = layer_params(weights, c, i)
+        xin, z = block_projections(g, x, P, pre)
+        xc, nexts[f"state.layer{i}.conv"] = conv_chunk(g, xin, states[f"state.layer{i}.conv"], P, pre)
+        dt, Bm, Cm = ssm_inputs(g, xc, P, pre)
+        h0 = states[f"state.layer{i}.ssm"]
+        if opt["scan"] == "scan":
+            y, hT = scan_seq(g, xc, dt, Bm, Cm, h0, P, pre)
+        elif opt["scan"] == "chunked":
+            y, hT = scan_chunked(g, xc, dt, Bm, Cm, h0, P, pre, int(opt["sub_chunk"]))
+        else:
+            raise ValueError(f"unknown chunk scan {opt['scan']!r} (scan or chunked)")
+        nexts[f"state.layer{i}.ssm"] = hT
+        x = block_output(g, x, y, xc, z, P, pre)
+
+    g.output("scores", [BATCH, "T", c.n_classes], head(g, x, weights))
+    for k, v in shapes.items():
+        g.output(k + ".next", [BATCH] + v, nexts[k])
+    return g.model("mambatag_chunk", metadata)
+
+
 # --------------------------------------------------------------------------- metadata & CLI
 
 
@@ -465,8 +664,13 @@ def make_metadata(config, graph: str, name: str, version: str, license: str,
 def export_package(weights_path, outdir, name: str | None = None, version: str = "0.0.0",
                    license: str = "unspecified", thresholds=None, description: str | None = None,
                    chunk_frames: int | None = None, copy_weights: bool = True,
-                   frontend_precision: str = "float64") -> Path:
-    """Write ``outdir/step.onnx`` (and ``weights.safetensors``); returns the step.onnx path.
+                   frontend_precision: str = "float64", chunk_scan: str | None = None) -> Path:
+    """Write ``outdir/step.onnx``, ``outdir/chunk.onnx`` (and ``weights.safetensors``); returns the
+    step.onnx path.
+
+    ``chunk_frames``: the preferred ``T`` stored in the chunk graph's metadata (``None``:
+    :data:`CHUNK_FRAMES`; ``0``: write no chunk graph, and remove a stale one). The graph itself
+    takes any ``T``. ``chunk_scan``: ``scan`` (default) or ``chunked`` (see :data:`CHUNK_OPTIONS`).
 
     ``frontend_precision``: ``float64`` (default; matches the reference to ~1e-6 even next to loud
     tones) or ``float32`` (faster by ~20 us/frame at B=1, ~3 us/stream at B=16, but log-mel errors up
@@ -482,9 +686,17 @@ def export_package(weights_path, outdir, name: str | None = None, version: str =
     model = build_step_graph(weights, config, md, np.dtype(frontend_precision).type)
     step_path = outdir / "step.onnx"
     onnx.save(model, str(step_path))
+    chunk_frames = CHUNK_FRAMES if chunk_frames is None else int(chunk_frames)
+    chunk_path = outdir / "chunk.onnx"
+    if chunk_frames < 0:
+        raise ValueError("chunk_frames must be >= 0")
     if chunk_frames:
-        print(f"note: --chunk-frames {chunk_frames} given, but the chunk graph is not implemented yet; "
-              "wrote step.onnx only", file=sys.stderr)
+        cmd = make_metadata(config, "chunk", name, version, license, thresholds, description, chunk_frames)
+        opts = {"scan": chunk_scan} if chunk_scan else {}
+        onnx.save(build_chunk_graph(weights, config, cmd, np.dtype(frontend_precision).type, **opts),
+                  str(chunk_path))
+    elif chunk_path.exists():
+        chunk_path.unlink()
     if copy_weights:
         dst = outdir / "weights.safetensors"
         if Path(weights_path).resolve() != dst.resolve():
@@ -531,6 +743,30 @@ def bench_step(path, batches=(1, 16), steps: int = 400, warmup: int = 50, thread
     return result
 
 
+def bench_chunk(path, batches=(1, 16), frames=(250, 1000), calls: int = 3, threads: int = 1) -> dict:
+    """Median CPU time per frame of the chunk graph (carrying state; one warm-up call per shape):
+    ``{(B, T): seconds per frame per stream}``. CPU time of the calling thread (ORT runs a
+    1-thread session on it), so other load on the machine inflates it less than wall time."""
+    sess = make_session(path, threads)
+    out_names = [o.name for o in sess.get_outputs()]
+    rng = np.random.default_rng(0)
+    result = {}
+    for B in batches:
+        for T in frames:
+            st = zero_states(sess, B)
+            times = []
+            for c in range(calls + 1):
+                audio = (0.1 * rng.standard_normal((B, T * frontend.HOP))).astype(np.float32)
+                t0 = time.thread_time()
+                outs = sess.run(out_names, {"audio": audio, **st})
+                dt = time.thread_time() - t0
+                if c:
+                    times.append(dt)
+                st = {n[:-5]: v for n, v in zip(out_names, outs) if n.endswith(".next")}
+            result[(B, T)] = float(np.median(times)) / (B * T)
+    return result
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models.export", description=__doc__.split("\n")[0])
     ap.add_argument("weights", help="weights .safetensors (with config metadata)")
@@ -541,18 +777,29 @@ def main(argv=None) -> int:
     ap.add_argument("--thresholds", help='JSON object {"label": t}, a .json file, or one number '
                     '(default: "thresholds" in the weights\' metadata, else 0.5)')
     ap.add_argument("--description")
-    ap.add_argument("--chunk-frames", type=int, help="preferred T of the chunk graph (not built yet)")
+    ap.add_argument("--chunk-frames", type=int, help=f"preferred T of the chunk graph, stored in its metadata "
+                    f"(default {CHUNK_FRAMES}; the graph takes any T); 0 = write no chunk.onnx")
+    ap.add_argument("--chunk-scan", choices=["scan", "chunked"], help="recurrence of the chunk graph: ONNX Scan "
+                    "over frames (default, fastest measured) or sub-chunked stable scan")
     ap.add_argument("--no-weights", action="store_true", help="do not copy weights.safetensors into OUTDIR")
     ap.add_argument("--frontend-precision", choices=["float64", "float32"], default="float64",
                     help="arithmetic of the DFT/mel front end inside the graph (default float64)")
-    ap.add_argument("--bench", action="store_true", help="time the step graph (1 thread, B=1 and B=16)")
+    ap.add_argument("--bench", action="store_true", help="time the graphs (1 thread, B=1 and B=16)")
     a = ap.parse_args(argv)
     path = export_package(a.weights, a.outdir, a.name, a.version, a.license, a.thresholds,
-                          a.description, a.chunk_frames, not a.no_weights, a.frontend_precision)
-    print(f"wrote {path} ({path.stat().st_size / 1024:.1f} KiB)")
+                          a.description, a.chunk_frames, not a.no_weights, a.frontend_precision, a.chunk_scan)
+    chunk = path.parent / "chunk.onnx"
+    for p in (path, chunk):
+        if p.exists():
+            print(f"wrote {p} ({p.stat().st_size / 1024:.1f} KiB)")
     if a.bench:
         for B, s in bench_step(path).items():
-            print(f"step B={B:<3d} {s * 1e6:8.1f} us/call  {s * 1e6 / B:8.1f} us/stream  (1 thread, median)")
+            print(f"step  B={B:<3d} {s * 1e6:8.1f} us/call  {s * 1e6 / B:8.1f} us/stream  {B / s:8.0f} frames/s "
+                  "(1 thread, median wall time)")
+        if a.chunk_frames != 0:
+            for (B, T), s in bench_chunk(chunk).items():
+                print(f"chunk B={B:<3d} T={T:<5d} {s * 1e6:6.1f} us/frame/stream  {1 / s:8.0f} frames/s "
+                      "(1 thread, median CPU time)")
     return 0
 
 

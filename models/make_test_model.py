@@ -7,7 +7,8 @@ Writes, all deterministic (fixed seeds, no torch):
 - ``weights.safetensors`` — random mamba_simple-style weights, d_model 16, 2 layers, d_state 4,
   d_conv 4, expand 2, 8 labels; front-end mean/std computed from the fixture; the head rescaled so
   that every label's probability swings roughly across 0.1–0.9 over the fixture and crosses 0.5.
-- ``step.onnx`` — exported with ``models/export.py``, thresholds 0.5.
+- ``step.onnx``, ``chunk.onnx`` — exported with ``models/export.py``, thresholds 0.5 (the chunk graph
+  with ``T`` symbolic, preferred 250).
 - ``fixture.wav`` — 2.0 s, 16 kHz mono, 32-bit float: tones, a chirp, a silent gap, noise bursts,
   a loud clipped tone.
 - ``reference.json`` — ``{"sample_rate", "hop", "labels", "frames", "scores": [[C floats] x N]}``

@@ -3,6 +3,7 @@
 Usage::
 
     python -m models.verify PACKAGE_DIR_OR_ONNX [--weights W.safetensors] [--frames 1000] [--tol 1e-4]
+        [--chunk CHUNK.onnx | --no-chunk]
 
 1. **Contract** (CONTRACT.md §2, §6; what the Rust engine checks at load time): required
    ``mambatag.*`` metadata with valid values, input ``audio [B, hop]`` plus only ``state.*``
@@ -13,6 +14,12 @@ Usage::
    step graph run hop by hop with carried state over ``--frames`` frames of a test signal (chirp,
    noise, silence, loud clipping, clicks, near-silence) against ``reference.py``; prints the max
    abs error and fails above ``--tol``. Also checks batch rows are independent (B=3 vs 3 x B=1).
+4. **Chunk graph** (``chunk.onnx`` beside the step graph, or ``--chunk``; CONTRACT.md §3): its
+   contract (same states, labels and metadata as the step graph, plus ``mambatag.chunk_frames``),
+   then the same test signal at B=2 (the second row a different signal) in calls of 1, 7, then
+   ``chunk_frames`` hops with state carried, the last call shorter when ``T`` is symbolic (zero-
+   padded when fixed): per-frame scores against the step graph's (and the reference's), fails
+   above ``--tol``.
 
 Exit status: 0 all good, 1 a check failed, 2 bad usage / unreadable files.
 """
@@ -288,6 +295,49 @@ def run_steps(session, audio: np.ndarray, hop: int = frontend.HOP) -> np.ndarray
     return np.stack(scores, axis=1)
 
 
+def chunk_call_sizes(n_frames: int, T: int, symbolic: bool = True) -> list[int]:
+    """Frames per call for a chunk-graph run: 1, 7, then ``T`` each, the last call shorter (when
+    ``T`` is symbolic; a fixed ``T`` gets ``T`` every call and the tail is zero-padded)."""
+    if not symbolic:
+        return [T] * -(-n_frames // T)
+    sizes, left = [], n_frames
+    for n in [1, 7] + [T] * (n_frames // max(T, 1) + 1):
+        if left <= 0:
+            break
+        sizes.append(min(n, left))
+        left -= sizes[-1]
+    return sizes
+
+
+def run_chunks(session, audio: np.ndarray, sizes: list[int], hop: int = frontend.HOP,
+               state: dict | None = None):
+    """Run a chunk graph over ``audio [B, N]`` (or 1-D) in calls of ``sizes[i]`` hops, carrying
+    state; a call is zero-padded to the graph's fixed ``T`` if it has one (the padded frames are
+    dropped; they come after the real ones, so causality keeps those exact). Returns
+    ``(scores [B, sum(sizes), C], state after the last call)`` — with padding, the state has seen
+    the zeros too."""
+    audio = np.asarray(audio, np.float32)
+    if audio.ndim == 1:
+        audio = audio[None]
+    B = audio.shape[0]
+    names = [o.name for o in session.get_outputs()]
+    ain = [i for i in session.get_inputs() if i.name == "audio"][0]
+    fixed = ain.shape[1] if isinstance(ain.shape[1], int) else None
+    if state is None:
+        state = {i.name: np.zeros([B] + list(i.shape[1:]), np.float32)
+                 for i in session.get_inputs() if i.name.startswith("state.")}
+    scores, pos = [], 0
+    for n in sizes:
+        a = audio[:, pos * hop:(pos + n) * hop]
+        if fixed and a.shape[1] < fixed:
+            a = np.concatenate([a, np.zeros((B, fixed - a.shape[1]), np.float32)], axis=1)
+        outs = dict(zip(names, session.run(names, {"audio": a, **state})))
+        scores.append(outs["scores"][:, :n])
+        state = {k: outs[k + ".next"] for k in state}
+        pos += n
+    return np.concatenate(scores, axis=1), state
+
+
 def test_signal(n_frames: int = 1000, seed: int = 7) -> np.ndarray:
     """Deterministic float32 test signal of ``n_frames`` hops cycling through hard cases:
     exponential chirp 50 Hz–7.9 kHz, white noise, exact silence, a 3x-overdriven tone clipped to
@@ -336,8 +386,11 @@ def resolve(target) -> tuple[Path, Path | None]:
     return onnx_path, (w if w.exists() else None)
 
 
-def verify(target, weights=None, frames: int = 1000, tol: float = 1e-4, log=print) -> bool:
-    """Run all checks, printing a report through ``log``; True when everything passed."""
+def verify(target, weights=None, frames: int = 1000, tol: float = 1e-4, log=print, chunk=None) -> bool:
+    """Run all checks, printing a report through ``log``; True when everything passed.
+
+    ``chunk``: the chunk graph to check against the step graph (default: ``chunk.onnx`` beside
+    the step graph when it exists; ``False``: none)."""
     onnx_path, auto_w = resolve(target)
     weights = Path(weights) if weights else auto_w
     model = onnx.load(str(onnx_path))
@@ -373,36 +426,96 @@ def verify(target, weights=None, frames: int = 1000, tol: float = 1e-4, log=prin
         log("FAIL runtime: scores not finite probabilities in [0, 1]")
         ok = False
 
+    audio = test_signal(frames)
+    ref = None
     if weights is None:
         log("no weights (pass --weights or put weights.safetensors next to the graph): parity not checked")
-        return ok
-    from models.reference import reference_scores
-    from models.weights import load_weights
+    else:
+        from models.reference import reference_scores
+        from models.weights import load_weights
 
-    w, config = load_weights(weights)
-    if list(config.labels) != info.labels:
-        log(f"FAIL labels differ: graph {info.labels} vs weights {config.labels}")
+        w, config = load_weights(weights)
+        if list(config.labels) != info.labels:
+            log(f"FAIL labels differ: graph {info.labels} vs weights {config.labels}")
+            return False
+        got = run_steps(sess, audio, info.hop)[0]
+        ref = reference_scores(w, config, audio)
+        err = np.abs(got - ref)
+        t_worst, c_worst = np.unravel_index(int(err.argmax()), err.shape)
+        status = "ok" if err.max() <= tol else "FAIL"
+        log(f"{status} parity: step graph vs reference over {frames} frames: max abs error {err.max():.3g} "
+            f"(frame {t_worst}, label {info.labels[c_worst]!r}), mean {err.mean():.3g}, tol {tol:g}; "
+            f"scores span {ref.min():.3f}..{ref.max():.3f}")
+        ok &= bool(err.max() <= tol)
+
+        # batch independence: B=3 with different audio vs three B=1 runs
+        nb = min(frames, 100) * info.hop
+        rows = np.stack([audio[:nb], audio[::-1][:nb].copy(), test_signal(nb // info.hop, seed=99)])
+        batched = run_steps(sess, rows, info.hop)
+        single = np.concatenate([run_steps(sess, r, info.hop) for r in rows])
+        berr = float(np.abs(batched - single).max())
+        bstat = "ok" if berr <= 1e-5 else "FAIL"
+        log(f"{bstat} batch rows independent: B=3 vs 3 x B=1 max abs diff {berr:.3g}")
+        ok &= berr <= 1e-5
+
+    if chunk is None:
+        chunk = onnx_path.parent / "chunk.onnx"
+        chunk = chunk if chunk.is_file() and chunk.resolve() != onnx_path.resolve() else False
+    if chunk:
+        ok &= verify_chunk(chunk, info, sess, audio, ref, tol, log)
+    else:
+        log("no chunk graph: chunk checks skipped")
+    return ok
+
+
+def verify_chunk(path, step_info: ContractInfo, step_sess, audio: np.ndarray, ref, tol: float = 1e-4,
+                 log=print) -> bool:
+    """Check a chunk graph (CONTRACT.md §3) against the step graph it belongs with."""
+    path = Path(path)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    try:
+        info = check_contract(model, expect_graph="chunk")
+    except ContractError as e:
+        log(f"FAIL {path}: {e}")
         return False
-    audio = test_signal(frames)
-    got = run_steps(sess, audio, info.hop)[0]
-    ref = reference_scores(w, config, audio)
-    err = np.abs(got - ref)
-    t_worst, c_worst = np.unravel_index(int(err.argmax()), err.shape)
-    status = "ok" if err.max() <= tol else "FAIL"
-    log(f"{status} parity: step graph vs reference over {frames} frames: max abs error {err.max():.3g} "
-        f"(frame {t_worst}, label {info.labels[c_worst]!r}), mean {err.mean():.3g}, tol {tol:g}; "
-        f"scores span {ref.min():.3f}..{ref.max():.3f}")
-    ok &= bool(err.max() <= tol)
-
-    # batch independence: B=3 with different audio vs three B=1 runs
-    nb = min(frames, 100) * info.hop
-    rows = np.stack([audio[:nb], audio[::-1][:nb].copy(), test_signal(nb // info.hop, seed=99)])
-    batched = run_steps(sess, rows, info.hop)
-    single = np.concatenate([run_steps(sess, r, info.hop) for r in rows])
-    berr = float(np.abs(batched - single).max())
-    bstat = "ok" if berr <= 1e-5 else "FAIL"
-    log(f"{bstat} batch rows independent: B=3 vs 3 x B=1 max abs diff {berr:.3g}")
-    return ok and berr <= 1e-5
+    for w in info.warnings:
+        log(f"warning: {w}")
+    problems = []
+    if info.states != step_info.states:
+        problems.append(f"states differ from the step graph's: {info.states} vs {step_info.states}")
+    skip = ("mambatag.graph", "mambatag.chunk_frames")
+    a = {k: v for k, v in info.metadata.items() if k not in skip}
+    b = {k: v for k, v in step_info.metadata.items() if k not in skip}
+    if a != b:
+        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        problems.append(f"metadata differs from the step graph's in {diff}")
+    if problems:
+        log(f"FAIL {path}: " + "; ".join(problems))
+        return False
+    T = info.chunk_frames
+    adim = _dims([i for i in model.graph.input if i.name == "audio"][0])[1][1]
+    symbolic = not isinstance(adim, int)
+    if not symbolic:
+        T = adim // info.hop
+    log(f"contract ok: {path} — chunk graph, preferred T = {info.chunk_frames}, audio "
+        f"{'[B, T*hop] with T symbolic' if symbolic else f'[B, {adim}]'}")
+    frames = audio.shape[-1] // info.hop
+    rows = np.stack([audio, test_signal(frames, seed=11)])
+    want = run_steps(step_sess, rows, info.hop)
+    sizes = chunk_call_sizes(frames, T, symbolic)
+    got, _ = run_chunks(make_session(path), rows, sizes, info.hop)
+    err = float(np.abs(got - want).max())
+    ok = err <= tol
+    msg = (f"{'ok' if ok else 'FAIL'} chunk parity: chunk vs step graph over {frames} frames at B=2 in "
+           f"{len(sizes)} calls ({', '.join(map(str, sizes[:3]))}{', ...' if len(sizes) > 4 else ''}"
+           f"{', ' + str(sizes[-1]) if len(sizes) > 3 else ''} frames): max abs diff {err:.3g}")
+    if ref is not None:
+        rerr = float(np.abs(got[0] - ref).max())
+        ok &= rerr <= tol
+        msg += f"; vs reference {rerr:.3g}"
+    log(msg + f", tol {tol:g}")
+    return ok
 
 
 def main(argv=None) -> int:
@@ -411,13 +524,15 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", help="weights .safetensors (default: weights.safetensors beside the graph)")
     ap.add_argument("--frames", type=int, default=1000)
     ap.add_argument("--tol", type=float, default=1e-4)
+    ap.add_argument("--chunk", help="chunk graph to check (default: chunk.onnx beside the step graph)")
+    ap.add_argument("--no-chunk", action="store_true", help="skip the chunk-graph checks")
     a = ap.parse_args(argv)
     onnx_path, _ = resolve(a.target)
     if not onnx_path.is_file():
         print(f"error: {onnx_path} not found", file=sys.stderr)
         return 2
     try:
-        ok = verify(a.target, a.weights, a.frames, a.tol)
+        ok = verify(a.target, a.weights, a.frames, a.tol, chunk=False if a.no_chunk else a.chunk)
     except (OSError, ValueError, onnx.checker.ValidationError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
