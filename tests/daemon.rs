@@ -432,7 +432,7 @@ fn ready_and_watchdog_notifications_reach_the_notify_socket() {
     }
     let ready = ready.expect("READY=1");
     assert!(pings >= 3, "watchdog fed {pings} times");
-    eprintln!("READY after {ready:?} (process start to notification, debug build)");
+    eprintln!("READY after {ready:?} (process start to notification)");
     signal(d.pid(), "TERM");
     assert_eq!(d.wait_exit(LONG), Some(0));
     let mut stopping = false;

@@ -142,3 +142,211 @@ fn devices_lists_the_pulse_device() {
     assert!(!pulse_dev["formats"].as_array().unwrap().is_empty());
     assert!(pulse_dev["index"].is_u64());
 }
+
+/// Latency benchmark (not a timed test): `cargo test --release --test live_mic -- --ignored
+/// --nocapture latency`. Plays 1 kHz bursts through `pacat --latency-msec=10` into the
+/// virtual microphone and times the `alarm` onset on the SSE stream. Prints p50/p99 of:
+/// play→SSE (everything, device and PulseAudio buffering included), capture→event and
+/// engine→event (the `latency` fields: from the conditioning thread taking the audio off the
+/// device ring, and from the engine receiving the hop), and event→SSE client.
+#[test]
+#[ignore]
+fn latency_benchmark() {
+    use std::io::Write;
+    use std::time::{Instant, SystemTime, UNIX_EPOCH};
+    if skip() {
+        return;
+    }
+    let dir = scratch("latency");
+    let pulse = Pulse::start(&dir);
+    let cfg = format!(
+        r#"model = "{}"
+[api]
+listen = "127.0.0.1:0"
+[events]
+smooth = 1
+min_duration = 0.0
+[[source]]
+name = "mic"
+kind = "mic"
+device = "pulse"
+buffer_frames = 480
+"#,
+        tiny_model().display()
+    );
+    let rt = pulse.runtime.display().to_string();
+    let home = dir.display().to_string();
+    let d = serve(&dir, &cfg, &[("PULSE_RUNTIME_PATH", &rt), ("HOME", &home)]);
+    let mut sse = SseClient::connect(d.addr(), "", None);
+    sse.wait(LONG, |e| e.event == "source" && e.data["state"] == "up")
+        .expect("mic up");
+    let mut pacat = std::process::Command::new("pacat")
+        .args([
+            "--playback",
+            "--raw",
+            "--format=s16le",
+            "--rate=48000",
+            "--channels=2",
+            "--latency-msec=10",
+        ])
+        .env("PULSE_RUNTIME_PATH", &pulse.runtime)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("pacat");
+    let mut w = pacat.stdin.take().unwrap();
+    // Baseline: the same audio recorded by PulseAudio's own client (`parec`, 10 ms latency);
+    // the time its first loud sample arrives is what the device and server buffering cost.
+    let mut parec = std::process::Command::new("parec")
+        .args([
+            "--raw",
+            "--format=s16le",
+            "--rate=48000",
+            "--channels=2",
+            "--latency-msec=10",
+            "-d",
+            "vmic",
+        ])
+        .env("PULSE_RUNTIME_PATH", &pulse.runtime)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("parec");
+    let mut rec = parec.stdout.take().unwrap();
+    let (htx, hrx) = std::sync::mpsc::channel::<Instant>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 960];
+        let mut loud = false;
+        while rec.read_exact(&mut buf).is_ok() {
+            let now = Instant::now();
+            let m = buf
+                .chunks_exact(2)
+                .map(|b| i16::from_le_bytes([b[0], b[1]]).unsigned_abs())
+                .max()
+                .unwrap_or(0);
+            if m > 8000 && !loud {
+                loud = true;
+                if htx.send(now).is_err() {
+                    return;
+                }
+            }
+            if m < 100 {
+                loud = false;
+            }
+        }
+    });
+    // 5 ms pieces, paced on the wall clock; bursts of 300 ms sine every 1 s.
+    let piece = 240usize;
+    let sine: Vec<u8> = (0..48000)
+        .flat_map(|i| {
+            let v = ((2.0 * std::f64::consts::PI * 1000.0 * i as f64 / 48000.0).sin()
+                * 0.5
+                * 32767.0) as i16;
+            let b = v.to_le_bytes();
+            [b[0], b[1], b[0], b[1]]
+        })
+        .collect();
+    let silence = vec![0u8; piece * 4];
+    let trials = 40;
+    let start = Instant::now();
+    let mut starts = Vec::new();
+    let mut k = 0u64;
+    let total_pieces = (trials as u64 + 2) * 200;
+    let (tx, rx) = std::sync::mpsc::channel::<Instant>();
+    let writer = std::thread::spawn(move || {
+        while k < total_pieces {
+            let due = start + Duration::from_micros(5000 * k);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let in_cycle = k % 200; // 200 × 5 ms = 1 s
+            let buf = if (100..160).contains(&in_cycle) {
+                if in_cycle == 100 && k >= 200 {
+                    let _ = tx.send(Instant::now());
+                }
+                let off = ((in_cycle - 100) as usize * piece * 4) % (sine.len() - piece * 4);
+                &sine[off..off + piece * 4]
+            } else {
+                &silence[..]
+            };
+            if w.write_all(buf).is_err() {
+                return;
+            }
+            k += 1;
+        }
+    });
+    let mut total = Vec::new();
+    let mut capture = Vec::new();
+    let mut engine = Vec::new();
+    let mut transport = Vec::new();
+    let mut baseline = Vec::new();
+    let mut beyond = Vec::new();
+    for _ in 0..trials {
+        let Ok(t0) = rx.recv_timeout(LONG) else { break };
+        starts.push(t0);
+        // With the test model, `alarm` comes on at the first hop of a sine after silence.
+        let Some(e) = sse.wait(Duration::from_millis(900), |e| {
+            e.event == "onset" && e.data["label"] == "alarm" && e.at >= t0
+        }) else {
+            continue;
+        };
+        let wall_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        total.push(e.at.duration_since(t0).as_secs_f64() * 1e3);
+        while let Ok(h) = hrx.try_recv() {
+            if h >= t0 {
+                baseline.push(h.duration_since(t0).as_secs_f64() * 1e3);
+                beyond.push(e.at.duration_since(h).as_secs_f64() * 1e3);
+                break;
+            }
+        }
+        capture.push(e.data["latency"]["capture_ms"].as_f64().unwrap_or(f64::NAN));
+        engine.push(e.data["latency"]["engine_ms"].as_f64().unwrap_or(f64::NAN));
+        transport.push((wall_now - e.data["wall"].as_f64().unwrap()) * 1e3);
+    }
+    let _ = writer.join();
+    let _ = pacat.kill();
+    let _ = parec.kill();
+    let _ = pacat.wait();
+    let _ = parec.wait();
+    let pct = |v: &mut Vec<f64>, p: f64| -> f64 {
+        v.sort_by(|a, b| a.total_cmp(b));
+        if v.is_empty() {
+            return f64::NAN;
+        }
+        v[((v.len() - 1) as f64 * p).round() as usize]
+    };
+    let n = total.len();
+    let rss = read(&std::path::PathBuf::from(format!(
+        "/proc/{}/status",
+        d.pid()
+    )))
+    .lines()
+    .find(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS"))
+    .unwrap_or("")
+    .to_string();
+    println!("latency benchmark: {n} of {trials} bursts detected");
+    for (name, v) in [
+        ("play→SSE (all buffering)", &mut total),
+        ("play→parec (baseline)", &mut baseline),
+        ("beyond parec (ours)", &mut beyond),
+        ("capture→event", &mut capture),
+        ("engine→event", &mut engine),
+        ("event→SSE client", &mut transport),
+    ] {
+        println!(
+            "{name:<26} p50 {:>7.2} ms  p99 {:>7.2} ms",
+            pct(v, 0.5),
+            pct(v, 0.99)
+        );
+    }
+    println!("daemon {rss}");
+    let status = get_json(&d.url("/status"));
+    println!(
+        "step latency mean {:.3} ms, drops {}",
+        status["step_latency_mean_ms"], status["drops"]
+    );
+    assert!(n > trials / 2, "too few bursts detected: {n}");
+}

@@ -142,6 +142,17 @@ pub fn run(a: ListenArgs) -> Result<ExitCode> {
                         "           gap of {:.2} s (device lost and back)",
                         v["seconds"].as_f64().unwrap_or(0.0)
                     ),
+                    "source" => match v["state"].as_str().unwrap_or("") {
+                        "up" => format!(
+                            "           listening: {}",
+                            v["description"].as_str().unwrap_or("")
+                        ),
+                        "down" => format!(
+                            "           input lost: {} (retrying)",
+                            v["reason"].as_str().unwrap_or("")
+                        ),
+                        other => format!("           input {other}"),
+                    },
                     _ => format!("           {}", m.json),
                 };
                 if tty {
