@@ -392,6 +392,9 @@ fn sighup_keeps_the_old_config_when_the_new_one_is_bad_and_applies_a_good_one() 
         (tail["frames"].as_u64()? >= 100).then_some(())
     })
     .expect("appended audio is tagged");
+    // Two streams share one batched call.
+    let (_, m) = http("GET", &d.url("/metrics"), None);
+    assert!(m.contains("mambatag_batch_rows 2"), "{m}");
     signal(d.pid(), "TERM");
     assert_eq!(d.wait_exit(LONG), Some(0));
     stop.store(true, Ordering::Relaxed);

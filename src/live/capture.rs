@@ -274,6 +274,28 @@ fn build(
     }
 }
 
+/// The body of the audio callback: converts `data` to `f32` through a stack buffer and pushes
+/// it into the ring; what does not fit is counted in `overflow_samples`. No locks, no
+/// allocation, no blocking.
+pub fn push_converted<T>(data: &[T], prod: &mut impl Producer<Item = f32>, stats: &SourceStats)
+where
+    T: SizedSample,
+    f32: FromSample<T>,
+{
+    let mut buf = [0.0f32; CHUNK];
+    let mut lost = 0u64;
+    for piece in data.chunks(CHUNK) {
+        for (o, &s) in buf.iter_mut().zip(piece) {
+            *o = <f32 as FromSample<T>>::from_sample_(s);
+        }
+        let pushed = prod.push_slice(&buf[..piece.len()]);
+        lost += (piece.len() - pushed) as u64;
+    }
+    if lost > 0 {
+        stats.overflow_samples.fetch_add(lost, Ordering::Relaxed);
+    }
+}
+
 fn build_typed<T>(
     device: &cpal::Device,
     config: cpal::StreamConfig,
@@ -292,18 +314,7 @@ where
     // The audio callback: convert through a stack buffer, push, count what did not fit, wake
     // the conditioning thread. No locks, no allocation, no blocking.
     let data_cb = move |data: &[T], _: &cpal::InputCallbackInfo| {
-        let mut buf = [0.0f32; CHUNK];
-        let mut lost = 0u64;
-        for piece in data.chunks(CHUNK) {
-            for (o, &s) in buf.iter_mut().zip(piece) {
-                *o = <f32 as FromSample<T>>::from_sample_(s);
-            }
-            let pushed = prod.push_slice(&buf[..piece.len()]);
-            lost += (piece.len() - pushed) as u64;
-        }
-        if lost > 0 {
-            stats.overflow_samples.fetch_add(lost, Ordering::Relaxed);
-        }
+        push_converted(data, &mut prod, &stats);
         flags.callbacks.fetch_add(1, Ordering::Relaxed);
         wake.unpark();
     };
@@ -323,4 +334,27 @@ where
     device
         .build_input_stream::<T, _, _>(config, data_cb, err_cb, Some(Duration::from_secs(2)))
         .map_err(|e| anyhow!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callback_converts_and_counts_overflow() {
+        let stats = SourceStats::default();
+        let (mut prod, mut cons) = HeapRb::<f32>::new(1000).split();
+        let data: Vec<i16> = (0..1500)
+            .map(|i| if i % 2 == 0 { 16384 } else { -32768 })
+            .collect();
+        push_converted(&data, &mut prod, &stats);
+        assert_eq!(stats.overflow_samples.load(Ordering::Relaxed), 500);
+        let mut out = vec![0.0f32; 1000];
+        assert_eq!(cons.pop_slice(&mut out), 1000);
+        assert_eq!(out[0], 0.5);
+        assert_eq!(out[1], -1.0);
+        // After draining, nothing more is lost.
+        push_converted(&data[..800], &mut prod, &stats);
+        assert_eq!(stats.overflow_samples.load(Ordering::Relaxed), 500);
+    }
 }

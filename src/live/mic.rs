@@ -19,6 +19,8 @@ pub const STALL: Duration = Duration::from_millis(1500);
 /// can take 1–2 s).
 pub const FIRST_CALLBACK: Duration = Duration::from_secs(4);
 pub const MAX_BACKOFF: Duration = Duration::from_millis(200);
+/// Ring overflows are logged at most this often (they are always counted).
+const OVERFLOW_LOG: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct MicConfig {
@@ -69,6 +71,8 @@ pub fn run(cfg: MicConfig, link: SourceLink) {
         let mut announced = false;
         let mut last_callbacks = 0u64;
         let mut last_progress = opened;
+        let mut last_overflow = link.stats.overflow_samples.load(Ordering::Relaxed);
+        let mut last_overflow_log: Option<Instant> = None;
         let reason = loop {
             if link.stopped() {
                 break None;
@@ -127,6 +131,18 @@ pub fn run(cfg: MicConfig, link: SourceLink) {
                         break 'outer;
                     }
                 }
+            }
+            let over = link.stats.overflow_samples.load(Ordering::Relaxed);
+            if over != last_overflow
+                && last_overflow_log.is_none_or(|t| now.duration_since(t) >= OVERFLOW_LOG)
+            {
+                tracing::warn!(
+                    device = %cfg.device,
+                    "capture ring overflowed: {} samples dropped so far (the conditioning thread fell behind)",
+                    over
+                );
+                last_overflow = over;
+                last_overflow_log = Some(now);
             }
             if cap.flags.lost.load(Ordering::Relaxed) {
                 break Some("the device reported an error (unplugged or server gone)".to_string());
