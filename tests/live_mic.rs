@@ -350,3 +350,54 @@ buffer_frames = 480
     );
     assert!(n > trials / 2, "too few bursts detected: {n}");
 }
+
+#[test]
+fn listen_prints_live_tags_and_closes_them_on_ctrl_c() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("listen");
+    let pulse = Pulse::start(&dir);
+    let clip = sine_clip(&dir);
+    let out_path = dir.join("listen.out");
+    let mut child = std::process::Command::new(bin())
+        .args(["listen", "--json", "-D", "pulse", "--model"])
+        .arg(tiny_model())
+        .env("PULSE_RUNTIME_PATH", &pulse.runtime)
+        .env("HOME", &dir)
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = |p: &std::path::Path| -> Vec<serde_json::Value> {
+        read(p)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    wait_for(LONG, || {
+        lines(&out_path)
+            .iter()
+            .any(|v| v["type"] == "source" && v["state"] == "up")
+            .then_some(())
+    })
+    .expect("listen: the mic came up");
+    std::thread::sleep(Duration::from_millis(300));
+    let mut play = pulse.play(&clip);
+    wait_for(LONG, || {
+        lines(&out_path)
+            .iter()
+            .any(|v| v["type"] == "onset" && v["label"] == "impact")
+            .then_some(())
+    })
+    .unwrap_or_else(|| panic!("listen printed no impact onset:\n{}", read(&out_path)));
+    let _ = play.wait();
+    signal(child.id(), "INT");
+    let st = wait_for(LONG, || child.try_wait().ok().flatten()).expect("listen exits on SIGINT");
+    assert!(st.success());
+    // Every onset got its offset.
+    let v = lines(&out_path);
+    let onsets = v.iter().filter(|e| e["type"] == "onset").count();
+    let offsets = v.iter().filter(|e| e["type"] == "offset").count();
+    assert_eq!(onsets, offsets, "{}", read(&out_path));
+}
