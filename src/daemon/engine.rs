@@ -472,6 +472,7 @@ impl EngineThread {
                 .copy_from_slice(&samples[from..from + hop]);
             advance[row] = true;
             rows.push((id, row, *captured, *arrived));
+            s.entry.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             s.front_used += hop;
             if s.front_used >= samples.len() {
                 s.queue.pop_front();

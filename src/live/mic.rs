@@ -123,6 +123,7 @@ pub fn run(cfg: MicConfig, link: SourceLink) {
                 if !hops.is_empty() {
                     let n = (hops.len() / link.hop) as u64;
                     link.stats.hops_out.fetch_add(n, Ordering::Relaxed);
+                    link.stats.in_flight.fetch_add(n, Ordering::Relaxed);
                     let block = HopBlock {
                         samples: hops.clone(),
                         captured: now,

@@ -126,7 +126,14 @@ pub struct SourceStats {
     pub gap_micros: AtomicU64,
     /// Hops sent to the engine.
     pub hops_out: AtomicU64,
+    /// Hops sent but not yet stepped by the engine. Sources that can wait (pipes, followed
+    /// files) pause above [`MAX_IN_FLIGHT`] so a fast reader cannot fill memory; microphones
+    /// never wait (their ring would overflow instead, counted).
+    pub in_flight: AtomicU64,
 }
+
+/// Hops a waiting source may have queued at the engine (2 s of audio).
+pub const MAX_IN_FLIGHT: u64 = 200;
 
 impl SourceStats {
     pub fn state(&self) -> SourceState {

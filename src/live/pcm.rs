@@ -88,9 +88,16 @@ impl Pump {
             self.hops.clear();
             self.cond.take_hops(&mut self.hops);
             if !self.hops.is_empty() {
-                link.stats
-                    .hops_out
-                    .fetch_add((self.hops.len() / link.hop) as u64, Ordering::Relaxed);
+                // Backpressure: wait while the engine has enough of ours queued.
+                while link.stats.in_flight.load(Ordering::Relaxed) > super::MAX_IN_FLIGHT {
+                    if link.stopped() {
+                        return false;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let n = (self.hops.len() / link.hop) as u64;
+                link.stats.hops_out.fetch_add(n, Ordering::Relaxed);
+                link.stats.in_flight.fetch_add(n, Ordering::Relaxed);
                 let block = HopBlock {
                     samples: std::mem::take(&mut self.hops),
                     captured: Instant::now(),
