@@ -1,0 +1,72 @@
+"""models/eval/evaluate.py: metric definitions on hand-made inputs, the shipped default package's
+contract/size, and a --quick smoke run (skipped without the data bundle / torch / onnxruntime)."""
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT = REPO / "models" / "default"
+BUNDLE = REPO / ".data" / "bundle"
+
+from models.eval import evaluate as ev  # noqa: E402
+
+
+def test_average_precision_matches_definition():
+    y = np.array([1, 0, 1, 0, 0])
+    s = np.array([0.9, 0.8, 0.7, 0.2, 0.1])
+    # ranks: hit at 1 (P=1), hit at 3 (P=2/3)
+    assert ev.average_precision(y, s) == pytest.approx((1 + 2 / 3) / 2)
+    assert np.isnan(ev.average_precision(np.zeros(3), np.ones(3)))
+
+
+def test_hysteresis_and_scene_metrics():
+    t = (np.arange(300) + 1) * 0.01
+    s = np.zeros((1, 300, 2), np.float32)
+    s[0, 105:150, 0] = 0.9          # class 0 event detected 50 ms after a 1.00 s onset
+    s[0, 150:160, 0] = 0.4          # stays on (>= 0.7 * 0.5) until 1.60 s
+    s[0, 250:260, 1] = 0.9          # a false alarm of class 1
+    events = [[(0, 1.0, 1.5, 0)]]
+    per, summ = ev.scene_metrics(s, t, events, ["a", "b"], {"a": 0.5, "b": 0.5})
+    assert per["a"]["delay_median_ms"] == pytest.approx(60.0, abs=1e-6)   # frame 105 ends at 1.06 s
+    assert per["a"]["event_f1"] == 1.0 and per["a"]["miss_rate"] == 0.0
+    assert per["b"]["detections"] == 1 and per["b"]["event_f1"] == 0.0
+    assert summ["event_precision"] == 0.5 and summ["event_recall"] == 1.0
+    assert ev.hysteresis_events(s[0, :, 0], t, 0.5) == [(t[105], t[160])]
+
+
+def test_yamnet_frame_mapping_is_causal():
+    ps = np.array([[0.1], [0.9]], np.float32)
+    ends = np.array([0.98, 1.46])
+    held = ev.yamnet_to_frames(ps, ends, 200, "held")
+    ft = (np.arange(200) + 1) * 0.01
+    assert (held[ft < 0.98 - 1e-9] == 0).all()
+    assert (held[(ft >= 1.46 - 1e-9)] == 0.9).all()
+
+
+@pytest.mark.skipif(not (DEFAULT / "step.onnx").exists(), reason="no default package")
+def test_default_package_contract_and_size():
+    import onnx
+    from models.verify import check_contract
+    info = check_contract(DEFAULT / "step.onnx", expect_graph="step")
+    assert info.labels == ["speech", "music", "animal", "alarm", "vehicle", "tools", "impact", "weather"]
+    assert all(0 < v < 1 for v in info.thresholds.values())
+    assert info.metadata["mambatag.model_name"] == "mambatag-default"
+    size = sum(p.stat().st_size for p in DEFAULT.iterdir() if p.is_file())
+    assert size <= 4 * 1024 * 1024
+    assert (DEFAULT / "MODEL_CARD.md").exists()
+    assert onnx.load(str(DEFAULT / "step.onnx")).graph.input[0].name == "audio"
+
+
+@pytest.mark.skipif(not (BUNDLE / "index.json").exists() or importlib.util.find_spec("torch") is None
+                    or importlib.util.find_spec("onnxruntime") is None or not (DEFAULT / "step.onnx").exists(),
+                    reason="needs .data/bundle, torch, onnxruntime and models/default")
+def test_quick_run(tmp_path):
+    R = ev.main([str(DEFAULT), "--quick", "--no-yamnet", "--out", str(tmp_path)])
+    assert (tmp_path / "eval.md").exists()
+    data = json.loads((tmp_path / "eval.json").read_text())
+    assert 0 <= data["clips"]["mambatag"]["macro_ap"] <= 1
+    assert R["cpu"]["mambatag_B1"]["cpu_s_per_audio_s"] > 0
