@@ -117,6 +117,39 @@ buffer_frames = 480
 }
 
 #[test]
+fn mic_survives_a_sound_server_restart() {
+    if skip() {
+        return;
+    }
+    let dir = scratch("vmic-restart");
+    let mut pulse = Pulse::start(&dir);
+    let clip = sine_clip(&dir);
+    let cfg = format!(
+        "model = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[[source]]\nname = \"mic\"\nkind = \"mic\"\ndevice = \"pulse\"\n",
+        tiny_model().display()
+    );
+    let rt = pulse.runtime.display().to_string();
+    let home = dir.display().to_string();
+    let mut d = serve(&dir, &cfg, &[("PULSE_RUNTIME_PATH", &rt), ("HOME", &home)]);
+    let mut sse = SseClient::connect(d.addr(), "", None);
+    sse.wait(LONG, |e| e.event == "source" && e.data["state"] == "up")
+        .unwrap_or_else(|| panic!("the mic never came up:\n{}", d.log_text()));
+    pulse.kill_server();
+    sse.wait(LONG, |e| e.event == "source" && e.data["state"] == "down")
+        .unwrap_or_else(|| panic!("no `down` after the server died:\n{}", d.log_text()));
+    pulse.start_again(&dir);
+    sse.wait(LONG, |e| e.event == "gap")
+        .unwrap_or_else(|| panic!("no `gap` after the server came back:\n{}", d.log_text()));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut play = pulse.play(&clip);
+    sse.wait(LONG, |e| e.event == "onset" && e.data["label"] == "impact")
+        .unwrap_or_else(|| panic!("no `impact` onset after the restart:\n{}", d.log_text()));
+    let _ = play.wait();
+    signal(d.pid(), "TERM");
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+}
+
+#[test]
 fn devices_lists_the_pulse_device() {
     if skip() {
         return;

@@ -156,7 +156,7 @@ pub fn run(cfg: MicConfig, link: SourceLink) {
                 ));
             }
         };
-        drop(cap);
+        release(cap);
         let Some(reason) = reason else { break };
         tracing::warn!(device = %cfg.device, "input lost: {reason}; reconnecting");
         if down_since.is_none() {
@@ -172,6 +172,18 @@ pub fn run(cfg: MicConfig, link: SourceLink) {
     }
     link.stats.set_state(SourceState::Ended);
     link.send(SourceEvent::Ended);
+}
+
+/// Drops a capture on a helper thread. Closing a stream whose server died can block forever
+/// inside the backend (ALSA's PulseAudio plugin waits on its dead main loop); the source
+/// must not hang with it, so at worst that helper thread is leaked.
+fn release(cap: Capture) {
+    let r = std::thread::Builder::new()
+        .name("capture-close".into())
+        .spawn(move || drop(cap));
+    if let Err(e) = r {
+        tracing::error!("cannot start a thread to close the capture stream: {e}");
+    }
 }
 
 fn sleep_unless_stopped(link: &SourceLink, d: Duration) {

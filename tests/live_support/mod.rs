@@ -317,6 +317,35 @@ impl Pulse {
     pub fn start(dir: &Path) -> Self {
         let runtime = dir.join("pulse");
         std::fs::create_dir_all(&runtime).unwrap();
+        Self::spawn_server(&runtime, dir);
+        let mut p = Self {
+            runtime,
+            sink_module: None,
+            remap_module: None,
+        };
+        p.load_sink();
+        p
+    }
+
+    /// Kills the server (the sound server "crashes"); `start_again` brings it back.
+    pub fn kill_server(&mut self) {
+        let pid = std::fs::read_to_string(self.runtime.join("pid")).unwrap_or_default();
+        let pid: u32 = pid.trim().parse().expect("pulseaudio pid file");
+        let _ = Command::new("kill").arg(pid.to_string()).status();
+        wait_for(Duration::from_secs(10), || {
+            (!Path::new(&format!("/proc/{pid}")).exists()).then_some(())
+        })
+        .expect("pulseaudio exits");
+        self.sink_module = None;
+        self.remap_module = None;
+    }
+
+    pub fn start_again(&mut self, dir: &Path) {
+        Self::spawn_server(&self.runtime, dir);
+        self.load_sink();
+    }
+
+    fn spawn_server(runtime: &Path, dir: &Path) {
         let out = Command::new("pulseaudio")
             .args([
                 "-n",
@@ -326,7 +355,7 @@ impl Pulse {
                 "--use-pid-file=yes",
                 "--load=module-native-protocol-unix",
             ])
-            .env("PULSE_RUNTIME_PATH", &runtime)
+            .env("PULSE_RUNTIME_PATH", runtime)
             .env("HOME", dir)
             .output()
             .expect("pulseaudio");
@@ -335,13 +364,6 @@ impl Pulse {
             "pulseaudio did not start: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let mut p = Self {
-            runtime,
-            sink_module: None,
-            remap_module: None,
-        };
-        p.load_sink();
-        p
     }
 
     pub fn pactl(&self, args: &[&str]) -> String {
