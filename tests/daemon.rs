@@ -395,6 +395,32 @@ fn sighup_keeps_the_old_config_when_the_new_one_is_bad_and_applies_a_good_one() 
     // Two streams share one batched call.
     let (_, m) = http("GET", &d.url("/metrics"), None);
     assert!(m.contains("mambatag_batch_rows 2"), "{m}");
+
+    // 4. Only a threshold of `in` changes: applied without restarting the source.
+    let frames_of = |name: &str| -> u64 {
+        let st = get_json(&d.url("/status"));
+        st["sources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .and_then(|s| s["frames"].as_u64())
+            .unwrap_or(0)
+    };
+    let before = frames_of("in");
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    let text = text.replacen(
+        "rate = 16000\n",
+        "rate = 16000\n[source.thresholds]\nspeech = 0.8\n",
+        1,
+    );
+    std::fs::write(&d.config, text).unwrap();
+    signal(d.pid(), "HUP");
+    wait_for(LONG, || {
+        (get_json(&d.url("/status"))["reloads"] == 2).then_some(())
+    })
+    .unwrap_or_else(|| panic!("threshold reload not applied:\n{}", d.log_text()));
+    assert!(frames_of("in") >= before, "`in` was restarted");
     signal(d.pid(), "TERM");
     assert_eq!(d.wait_exit(LONG), Some(0));
     stop.store(true, Ordering::Relaxed);

@@ -389,13 +389,23 @@ impl Daemon {
         let stop: Vec<String> = self
             .sources
             .iter()
-            .filter(|(n, r)| rate_changed || wanted.get(*n).is_none_or(|(c, _)| *c != r.config))
+            .filter(|(n, r)| {
+                // Thresholds apply without a restart (every detector is rebuilt on reload).
+                let same = |a: &SourceConfig, b: &SourceConfig| {
+                    let (mut a, mut b) = (a.clone(), b.clone());
+                    a.thresholds.clear();
+                    b.thresholds.clear();
+                    a == b
+                };
+                rate_changed || wanted.get(*n).is_none_or(|(c, _)| !same(c, &r.config))
+            })
             .map(|(n, _)| n.clone())
             .collect();
         self.stop_sources(&stop);
         for (name, (cfg, p)) in wanted {
-            if !self.sources.contains_key(&name) {
-                self.start_source(cfg, p)?;
+            match self.sources.get_mut(&name) {
+                Some(r) => r.config = cfg,
+                None => self.start_source(cfg, p)?,
             }
         }
         self.loaded = new;

@@ -56,6 +56,23 @@ impl Histogram {
         }
     }
 
+    /// The upper bound of the bucket holding quantile `q` (NaN without observations).
+    pub fn quantile(&self, q: f64) -> f64 {
+        let n = self.count();
+        if n == 0 {
+            return f64::NAN;
+        }
+        let target = (q * n as f64).ceil().max(1.0) as u64;
+        let mut cum = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cum += c.load(Ordering::Relaxed);
+            if cum >= target {
+                return *b;
+            }
+        }
+        f64::INFINITY
+    }
+
     fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cum = 0;
@@ -177,9 +194,16 @@ pub struct Status {
     pub drops: u64,
     pub steps: u64,
     pub step_latency_mean_ms: f64,
+    /// Upper bounds of the histogram buckets holding the 50th/99th percentile (null if none).
+    pub step_latency_p50_ms: Option<f64>,
+    pub step_latency_p99_ms: Option<f64>,
     pub event_latency_mean_ms: f64,
     pub reloads: u64,
     pub failed_reloads: u64,
+}
+
+fn finite(v: f64) -> Option<f64> {
+    v.is_finite().then_some(v)
 }
 
 fn esc(s: &str) -> String {
@@ -235,6 +259,8 @@ impl Stats {
             sources,
             steps: self.steps.load(Ordering::Relaxed),
             step_latency_mean_ms: self.step_latency.mean() * 1e3,
+            step_latency_p50_ms: finite(self.step_latency.quantile(0.5) * 1e3),
+            step_latency_p99_ms: finite(self.step_latency.quantile(0.99) * 1e3),
             event_latency_mean_ms: self.event_latency.mean() * 1e3,
             reloads: self.reloads_ok.load(Ordering::Relaxed),
             failed_reloads: self.reloads_failed.load(Ordering::Relaxed),
@@ -394,5 +420,30 @@ impl Stats {
             format!("{:.3}", self.started.elapsed().as_secs_f64()),
         );
         o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_and_text() {
+        let h = Histogram::new(LATENCY_BUCKETS);
+        assert!(h.quantile(0.5).is_nan());
+        for _ in 0..98 {
+            h.observe(0.0002);
+        }
+        h.observe(0.003);
+        h.observe(2.0);
+        assert_eq!(h.quantile(0.5), 0.00025);
+        assert_eq!(h.quantile(0.99), 0.005);
+        assert_eq!(h.quantile(1.0), f64::INFINITY);
+        let mut s = String::new();
+        h.render(&mut s, "x", "help");
+        assert!(s.contains("x_bucket{le=\"0.00025\"} 98\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"1\"} 99\n"), "{s}");
+        assert!(s.contains("x_bucket{le=\"+Inf\"} 100\nx_sum "), "{s}");
+        assert!(s.contains("x_count 100"), "{s}");
     }
 }
