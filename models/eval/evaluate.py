@@ -134,6 +134,7 @@ def scene_metrics(scores, times, events, classes, thresholds, smooth=1, min_fram
     n_det = np.zeros(C, int)
     n_ref = np.zeros(C, int)
     seg = np.zeros((C, 3), int)   # tp, fp, fn
+    per_event = {}                 # (scene, class, ref index) -> score delay in s
     dur = float(times[-1])
     nseg = int(math.ceil(dur / seg_s - 1e-9))
     for n, evs in enumerate(events):
@@ -143,10 +144,11 @@ def scene_metrics(scores, times, events, classes, thresholds, smooth=1, min_fram
             n_ref[k] += len(refs)
             s = scores[n, :, k]
             dets = detect_events(s, times, thr, smooth=smooth, min_frames=min_frames)
-            for on, off in refs:
+            for j, (on, off) in enumerate(refs):
                 w = np.nonzero((times >= on - 1e-9) & (times <= off + TOL_S) & (s >= thr))[0]
                 if len(w):
                     delays[c].append(float(times[w[0]] - on))
+                    per_event[(n, k, j)] = float(times[w[0]] - on)
                 else:
                     misses[c] += 1
                 hit = [d for d in dets if d[0] <= off + TOL_S and d[1] >= on and d[2] <= off + TOL_S]
@@ -200,6 +202,7 @@ def scene_metrics(scores, times, events, classes, thresholds, smooth=1, min_fram
             "segment_f1_micro": float(2 * st[0] / max(1, 2 * st[0] + st[1] + st[2])),
             "segment_f1_macro": float(np.nanmean([per[c]["segment_f1"] for c in classes])),
             "postprocessing": {"smooth_frames": smooth, "min_frames": min_frames, "off_ratio": 0.7}}
+    summ["_per_event"] = per_event
     return per, summ
 
 
@@ -395,9 +398,21 @@ def eval_scenes(model, ym, va_pool, classes, n_scenes, seconds, ym_thresholds, l
         # delay / F1 on the patch time grid (a score exists only at each patch's end)
         P = np.stack(pscores)
         per_y, summ_y = scene_metrics(P, pends, events, classes, ym_thresholds)
+        pm, py = summ.pop("_per_event"), summ_y.pop("_per_event")
+        both = sorted(set(pm) & set(py))
+        dm = np.array([pm[e] for e in both])
+        dy = np.array([py[e] for e in both])
+        res["paired_delay"] = {
+            "events_detected_by_both": len(both),
+            "mambatag_median_ms": 1000 * float(np.median(dm)) if both else float("nan"),
+            "yamnet_median_ms": 1000 * float(np.median(dy)) if both else float("nan"),
+            "mambatag_p90_ms": 1000 * float(np.percentile(dm, 90)) if both else float("nan"),
+            "yamnet_p90_ms": 1000 * float(np.percentile(dy, 90)) if both else float("nan"),
+            "share_mambatag_first": float(np.mean(dm < dy)) if both else float("nan")}
         res["yamnet"] = {"frame_ap_held": fap_h, "frame_map_held": fmap_h,
                          "frame_ap_aligned": fap_a, "frame_map_aligned": fmap_a,
                          "per_class": per_y, "summary": summ_y, "thresholds": ym_thresholds}
+    summ.pop("_per_event", None)
     for k, c in enumerate(classes):
         res["events_per_class"][c] = int(sum(1 for e in events for (ci, *_r) in e if ci == k))
     return res
@@ -575,6 +590,12 @@ def markdown(R):
                  + f" | **{fmt(ms['announce_delay_median_ms'], 0)} / {fmt(ms['announce_delay_p90_ms'], 0)}**"
                  + f" | **{yv('delay_median_ms', None, 0)} / {yv('delay_p90_ms', None, 0)}**"
                  + f" | {fmt(ms['miss_rate'], 2)} | {yv('miss_rate', None, 2)} |")
+        if "paired_delay" in s:
+            pd = s["paired_delay"]
+            L += ["", f"Paired: on the {pd['events_detected_by_both']} events both models detected, score delay median "
+                  f"{fmt(pd['mambatag_median_ms'], 0)} ms (p90 {fmt(pd['mambatag_p90_ms'], 0)}) for mambatag vs "
+                  f"{fmt(pd['yamnet_median_ms'], 0)} ms (p90 {fmt(pd['yamnet_p90_ms'], 0)}) for YAMNet; mambatag first on "
+                  f"{100 * pd['share_mambatag_first']:.0f}% of them."]
         L += ["", "Event F1 (detections matched one-to-one to overlapping reference events of the class, "
               "reference window extended 1 s past the offset) and 1 s segment F1, at each model's thresholds "
               "(mambatag: shipped thresholds + CLI event logic; YAMNet: hysteresis on its patch scores):", "",
