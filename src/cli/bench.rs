@@ -32,6 +32,9 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Also measure the chunk graph (offline path) at these batch sizes: stream-frames per second.
+    #[arg(long = "chunk-streams", value_delimiter = ',')]
+    pub chunk_streams: Vec<usize>,
 }
 
 struct BatchResult {
@@ -97,6 +100,23 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         };
         results.push(measure(&mut engine, steps)?);
     }
+    // Offline path: the chunk graph, T hops per call.
+    let mut chunk_rows = Vec::new();
+    if !a.chunk_streams.is_empty() {
+        let c = pkg.chunk.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("--chunk-streams: {} has no chunk.onnx", pkg.root.display())
+        })?;
+        let mut ce = Engine::load(c, &opts, 1, 0)?;
+        let t = ce.frames_per_call();
+        for &b in &a.chunk_streams {
+            ce.resize(b.max(1))?;
+            let calls = (a.steps / 20 / b.max(1)).clamp(3, 50);
+            let r = measure(&mut ce, calls)?;
+            // Frames per second over all streams: B·T frames per call.
+            let fps = (b.max(1) * t) as f64 / (r.per_stream_us * b.max(1) as f64) * 1e6;
+            chunk_rows.push((b.max(1), t, r.p50_us, fps));
+        }
+    }
     let mut file_rtf = None;
     let mut file_seconds = None;
     if let Some(f) = &a.file {
@@ -134,6 +154,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
             "batch16_us_per_stream": b16.per_stream_us,
             "file_rtf": file_rtf, "file_seconds": file_seconds,
             "max_realtime_streams": max_rt,
+            "chunk": chunk_rows.iter().map(|(b, t, p50, fps)| serde_json::json!({"streams": b, "frames_per_call": t, "call_us_p50": p50, "frames_per_s": fps, "realtime_factor": fps * info.hop_seconds()})).collect::<Vec<_>>(),
             "batches": batches,
         });
         println!("{}", serde_json::to_string(&j)?);
@@ -163,6 +184,13 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         );
     }
     println!("largest batch with p99 step ≤ {hop_us:.0} µs (real time): {max_rt} streams");
+    for (b, t, p50, fps) in &chunk_rows {
+        println!(
+            "chunk graph: {b} streams × {t} frames per call: {:.1} ms per call, {fps:.0} frames/s ({:.0}× real time, model only)",
+            p50 / 1000.0,
+            fps * info.hop_seconds()
+        );
+    }
     if let (Some(rtf), Some(secs)) = (file_rtf, file_seconds) {
         println!(
             "file: {secs:.1} s of audio, {rtf:.0}× real time (decode + resample + model + events)"

@@ -168,11 +168,8 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
             bail!("--engine chunk: {} has no chunk.onnx", pkg.root.display())
         }
     };
-    let probe = Engine::load(&pkg.step, &a.model.engine_options(), 1, 1)?;
-    let t = probe.info().chunk_frames.unwrap_or(100);
-    drop(probe);
     let lanes = a.lanes.max(1).min(inputs.len().max(1));
-    let mut engine = Engine::load(&graph, &a.model.engine_options(), lanes, t)?;
+    let mut engine = Engine::load(&graph, &a.model.engine_options(), lanes, 0)?;
     tracing::info!(
         graph = kind,
         lanes,

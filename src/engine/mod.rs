@@ -78,6 +78,9 @@ impl Default for EngineOptions {
     }
 }
 
+/// Frames per call of a chunk graph whose metadata names none.
+pub const DEFAULT_CHUNK_FRAMES: usize = 250;
+
 /// A session with its state tensors for `capacity` streams.
 pub struct Engine {
     session: Session,
@@ -103,11 +106,17 @@ pub struct Engine {
     /// States are host memory and rows are touched directly (false on CUDA, or when forced to
     /// exercise the device path on CPU in tests).
     host_rows: bool,
+    /// CUDA without graphs: the host audio tensor is bound anew before each call, which makes
+    /// ONNX Runtime copy it to the device (cheaper than a separate copy). Scores are bound to
+    /// host memory and copied back by the run itself. CUDA graphs need fixed device addresses,
+    /// so there `dev_io` holds device tensors and copies go through `copy_into`.
+    rebind_audio: bool,
 }
 
 impl Engine {
     /// Loads one graph (`step.onnx` or `chunk.onnx`) for `capacity` streams.
-    /// `frames_per_call` is ignored for the step graph; for the chunk graph it is `T`.
+    /// `frames_per_call` is ignored for the step graph; for the chunk graph it is `T`
+    /// (0: the model's preferred `mambatag.chunk_frames`).
     pub fn load(
         path: &Path,
         opts: &EngineOptions,
@@ -119,7 +128,11 @@ impl Engine {
         let info = ModelInfo::from_session(&session, path)?;
         let frames_per_call = match info.graph {
             GraphKind::Step => 1,
-            GraphKind::Chunk => frames_per_call.max(1),
+            // 0 = the model's preferred chunk (metadata `mambatag.chunk_frames`).
+            GraphKind::Chunk if frames_per_call == 0 => {
+                info.chunk_frames.unwrap_or(DEFAULT_CHUNK_FRAMES).max(1)
+            }
+            GraphKind::Chunk => frames_per_call,
         };
         let on_gpu = device == Device::Cuda;
         let state_alloc = if on_gpu {
@@ -146,7 +159,8 @@ impl Engine {
             None
         };
         let cap = capacity.max(1);
-        let mut t = Tensors::alloc(&info, cap, frames_per_call, &state_alloc, on_gpu)?;
+        let graph_io = on_gpu && opts.cuda.cuda_graph;
+        let mut t = Tensors::alloc(&info, cap, frames_per_call, &state_alloc, graph_io)?;
         let bindings = t.bind(&session, &info)?;
         let mut e = Self {
             session,
@@ -163,6 +177,7 @@ impl Engine {
             cur: 0,
             state_alloc,
             host_rows: !on_gpu && !opts.force_device_row_ops,
+            rebind_audio: on_gpu && !graph_io,
         };
         e.zero_all()?;
         Ok(e)
@@ -204,6 +219,11 @@ impl Engine {
     /// they had before the call (their scores are computed but meaningless).
     pub fn run(&mut self, advance: &[bool]) -> Result<()> {
         debug_assert_eq!(advance.len(), self.cap);
+        if self.rebind_audio {
+            self.bindings[self.cur]
+                .bind_input("audio", &self.audio)
+                .context("binding audio")?;
+        }
         if let Some((a, _)) = self.dev_io.as_mut() {
             self.audio
                 .copy_into(a)
