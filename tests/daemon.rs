@@ -512,3 +512,66 @@ fn nan_in_live_pcm_is_zeroed_and_counted() {
     signal(d.pid(), "TERM");
     assert_eq!(d.wait_exit(LONG), Some(0));
 }
+
+/// RSS benchmark (not a timed test): `cargo test --release --test daemon -- --ignored
+/// --nocapture rss`. Runs `serve` with `models/default` (skipped when absent) and one pipe
+/// source fed 12 s of `demo/demo.flac` in real time; prints the peak RSS and step times.
+#[test]
+#[ignore]
+fn rss_with_the_default_model() {
+    let model = repo().join("models/default");
+    if !model.join("step.onnx").is_file() {
+        eprintln!("SKIPPED: no models/default");
+        return;
+    }
+    let dir = scratch("rss");
+    let pcm_path = dir.join("demo.pcm");
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-i"])
+        .arg(repo().join("demo/demo.flac"))
+        .args(["-f", "s16le", "-ac", "1", "-ar", "16000"])
+        .arg(&pcm_path)
+        .status()
+        .expect("ffmpeg")
+        .success();
+    assert!(ok);
+    let audio = std::fs::read(&pcm_path).unwrap();
+    let cfg = pipe_config(&dir, "").replace(
+        &tiny_model().display().to_string(),
+        &model.display().to_string(),
+    );
+    let mut d = serve(&dir, &cfg, &[]);
+    let mut w = d.stdin();
+    let start = Instant::now();
+    let piece = 640; // 20 ms
+    let mut k = 0usize;
+    while start.elapsed() < Duration::from_secs(12) {
+        let off = (k * piece) % (audio.len() - piece);
+        w.write_all(&audio[off..off + piece]).unwrap();
+        k += 1;
+        let due = start + Duration::from_millis(20 * k as u64);
+        if let Some(s) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(s);
+        }
+    }
+    let status = read(&std::path::PathBuf::from(format!(
+        "/proc/{}/status",
+        d.pid()
+    )));
+    let hwm = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM"))
+        .unwrap_or("")
+        .to_string();
+    let st = get_json(&d.url("/status"));
+    println!(
+        "default model: {hwm}; frames {}, step mean {:.3} ms, p50 ≤ {} ms, p99 ≤ {} ms",
+        st["frames"],
+        st["step_latency_mean_ms"],
+        st["step_latency_p50_ms"],
+        st["step_latency_p99_ms"]
+    );
+    drop(w);
+    signal(d.pid(), "TERM");
+    assert_eq!(d.wait_exit(LONG), Some(0));
+}

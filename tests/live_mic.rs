@@ -312,6 +312,7 @@ buffer_frames = 480
     let mut capture = Vec::new();
     let mut engine = Vec::new();
     let mut transport = Vec::new();
+    let mut engine_sse = Vec::new();
     let mut baseline = Vec::new();
     let mut beyond = Vec::new();
     for _ in 0..trials {
@@ -337,7 +338,9 @@ buffer_frames = 480
         }
         capture.push(e.data["latency"]["capture_ms"].as_f64().unwrap_or(f64::NAN));
         engine.push(e.data["latency"]["engine_ms"].as_f64().unwrap_or(f64::NAN));
-        transport.push((wall_now - e.data["wall"].as_f64().unwrap()) * 1e3);
+        let tr = (wall_now - e.data["wall"].as_f64().unwrap()) * 1e3;
+        transport.push(tr);
+        engine_sse.push(e.data["latency"]["engine_ms"].as_f64().unwrap_or(f64::NAN) + tr);
     }
     let _ = writer.join();
     let _ = pacat.kill();
@@ -368,6 +371,7 @@ buffer_frames = 480
         ("capture→event", &mut capture),
         ("engine→event", &mut engine),
         ("event→SSE client", &mut transport),
+        ("engine→SSE client", &mut engine_sse),
     ] {
         println!(
             "{name:<26} p50 {:>7.2} ms  p99 {:>7.2} ms",
