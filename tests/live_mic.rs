@@ -59,8 +59,7 @@ buffer_frames = 480
         tiny_model().display()
     );
     let rt = pulse.runtime.display().to_string();
-    let home = dir.display().to_string();
-    let mut d = serve(&dir, &cfg, &[("PULSE_RUNTIME_PATH", &rt), ("HOME", &home)]);
+    let mut d = serve(&dir, &cfg, &[("PULSE_RUNTIME_PATH", &rt)]);
     let mut sse = SseClient::connect(d.addr(), "", None);
     sse.wait(LONG, |e| e.event == "source" && e.data["state"] == "up")
         .unwrap_or_else(|| panic!("the mic never came up:\n{}", d.log_text()));
@@ -129,8 +128,7 @@ fn mic_survives_a_sound_server_restart() {
         tiny_model().display()
     );
     let rt = pulse.runtime.display().to_string();
-    let home = dir.display().to_string();
-    let mut d = serve(&dir, &cfg, &[("PULSE_RUNTIME_PATH", &rt), ("HOME", &home)]);
+    let mut d = serve(&dir, &cfg, &[("PULSE_RUNTIME_PATH", &rt)]);
     let mut sse = SseClient::connect(d.addr(), "", None);
     sse.wait(LONG, |e| e.event == "source" && e.data["state"] == "up")
         .unwrap_or_else(|| panic!("the mic never came up:\n{}", d.log_text()));
@@ -159,7 +157,6 @@ fn devices_lists_the_pulse_device() {
     let out = std::process::Command::new(bin())
         .args(["devices", "--json"])
         .env("PULSE_RUNTIME_PATH", &pulse.runtime)
-        .env("HOME", &dir)
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -208,8 +205,7 @@ buffer_frames = 480
         tiny_model().display()
     );
     let rt = pulse.runtime.display().to_string();
-    let home = dir.display().to_string();
-    let d = serve(&dir, &cfg, &[("PULSE_RUNTIME_PATH", &rt), ("HOME", &home)]);
+    let d = serve(&dir, &cfg, &[("PULSE_RUNTIME_PATH", &rt)]);
     let mut sse = SseClient::connect(d.addr(), "", None);
     sse.wait(LONG, |e| e.event == "source" && e.data["state"] == "up")
         .expect("mic up");
@@ -401,7 +397,6 @@ fn listen_prints_live_tags_and_closes_them_on_ctrl_c() {
         .args(["listen", "--json", "-D", "pulse", "--model"])
         .arg(tiny_model())
         .env("PULSE_RUNTIME_PATH", &pulse.runtime)
-        .env("HOME", &dir)
         .stdout(std::fs::File::create(&out_path).unwrap())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -74,7 +74,7 @@ pub fn serve(dir: &Path, config: &str, env: &[(&str, &str)]) -> Served {
     let mut cmd = Command::new(bin());
     cmd.args(["serve", "--config"])
         .arg(&cfg)
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", "warn,mambatag=info")
         .env("NO_COLOR", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -389,6 +389,7 @@ impl Pulse {
             "rate=48000",
             "channels=2",
         ]));
+
         self.remap_module = Some(self.pactl(&[
             "load-module",
             "module-remap-source",
