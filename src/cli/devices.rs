@@ -52,6 +52,9 @@ pub fn run(a: DevicesArgs) -> Result<ExitCode> {
             rates
         );
     }
-    println!("\nUse `--device ID`, `--device INDEX` or `--device NAME`; * marks the default.");
+    println!(
+        "\n* marks the default. Pick one by id, index or name: `mambatag listen -D ID`, or \
+         `device = \"ID\"` in a mic [[source]] of the serve configuration."
+    );
     Ok(ExitCode::SUCCESS)
 }
