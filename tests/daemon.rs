@@ -575,3 +575,53 @@ fn rss_with_the_default_model() {
     signal(d.pid(), "TERM");
     assert_eq!(d.wait_exit(LONG), Some(0));
 }
+
+#[test]
+fn sighup_switches_to_another_model() {
+    let other = repo().join("models/default");
+    if !other.join("step.onnx").is_file() {
+        eprintln!("SKIPPED: no models/default to switch to");
+        return;
+    }
+    let dir = scratch("swap");
+    let cfg = pipe_config(&dir, "");
+    let mut d = serve(&dir, &cfg, &[]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sse = SseClient::connect(d.addr(), "", None);
+    let feeder = feed(d.stdin(), pcm(0.5, 16000, true), 16000, stop.clone());
+    sse.wait(LONG, |e| e.event == "onset")
+        .expect("an onset with the test model");
+    let before = get_json(&d.url("/labels"));
+    assert!(before["model"].as_str().unwrap().contains("test-tiny"));
+    std::fs::write(
+        &d.config,
+        cfg.replace(
+            &tiny_model().display().to_string(),
+            &other.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let hup = Instant::now();
+    signal(d.pid(), "HUP");
+    let after = wait_for(LONG, || {
+        let l = get_json(&d.url("/labels"));
+        (!l["model"].as_str()?.contains("test-tiny")).then_some(l)
+    })
+    .unwrap_or_else(|| panic!("model not switched:\n{}", d.log_text()));
+    assert_ne!(
+        before["labels"], after["labels"],
+        "thresholds differ between the models"
+    );
+    // Open events were closed at the switch, and tagging goes on with the new model.
+    sse.wait(LONG, |e| e.event == "offset" && e.at >= hup)
+        .expect("offsets at the switch");
+    let frames = get_json(&d.url("/status"))["frames"].as_u64().unwrap();
+    wait_for(LONG, || {
+        (get_json(&d.url("/status"))["frames"].as_u64()? > frames + 20).then_some(())
+    })
+    .expect("frames after the switch");
+    signal(d.pid(), "TERM");
+    assert_eq!(d.wait_exit(LONG), Some(0), "{}", d.log_text());
+    stop.store(true, Ordering::Relaxed);
+    let _ = feeder.join();
+}
