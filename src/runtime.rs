@@ -64,16 +64,11 @@ fn init_inner() -> Result<Runtime, RuntimeError> {
     Ok(Runtime { path, env })
 }
 
-/// Every place a library could be, in order of preference; the first that exists wins.
+/// The first place a library is, in order of preference, plus every place looked at (for the
+/// error message). Asking `python3` for its site-packages costs a process start, so it happens
+/// only when no project-local copy exists.
 fn candidates() -> (Vec<PathBuf>, String) {
-    let mut searched = Vec::new();
-    let mut found = Vec::new();
-    let consider = |p: PathBuf, found: &mut Vec<PathBuf>, searched: &mut Vec<String>| {
-        searched.push(p.display().to_string());
-        if p.is_file() {
-            found.push(p);
-        }
-    };
+    let mut searched: Vec<String> = Vec::new();
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         // An explicit path that does not exist is an error, not a hint to look elsewhere.
         let p = PathBuf::from(p);
@@ -87,17 +82,17 @@ fn candidates() -> (Vec<PathBuf>, String) {
     }
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
-        let mut d = exe.parent().map(Path::to_path_buf);
-        while let Some(dir) = d {
-            dirs.push(dir.join(".ort"));
-            d = dir.parent().map(Path::to_path_buf);
-        }
+        dirs.extend(exe.ancestors().skip(1).map(|d| d.join(".ort")));
     }
     if let Ok(cwd) = std::env::current_dir() {
         dirs.push(cwd.join(".ort"));
     }
     for d in dirs {
-        consider(d.join("libonnxruntime.so"), &mut found, &mut searched);
+        let p = d.join("libonnxruntime.so");
+        searched.push(p.display().to_string());
+        if p.is_file() {
+            return (vec![p], String::new());
+        }
     }
     for sp in python_site_dirs() {
         let capi = sp.join("onnxruntime").join("capi");
@@ -113,7 +108,9 @@ fn candidates() -> (Vec<PathBuf>, String) {
                 })
                 .collect();
             libs.sort();
-            found.extend(libs);
+            if let Some(p) = libs.into_iter().next() {
+                return (vec![p], String::new());
+            }
         }
     }
     for d in [
@@ -122,13 +119,13 @@ fn candidates() -> (Vec<PathBuf>, String) {
         "/usr/lib/x86_64-linux-gnu",
         "/usr/lib/aarch64-linux-gnu",
     ] {
-        consider(
-            Path::new(d).join("libonnxruntime.so"),
-            &mut found,
-            &mut searched,
-        );
+        let p = Path::new(d).join("libonnxruntime.so");
+        searched.push(p.display().to_string());
+        if p.is_file() {
+            return (vec![p], String::new());
+        }
     }
-    (found, searched.join(", "))
+    (Vec::new(), searched.join(", "))
 }
 
 /// Python site-packages folders, from the active virtualenv and from `python3` itself.
