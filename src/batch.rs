@@ -11,6 +11,8 @@
 use std::collections::VecDeque;
 
 use anyhow::{anyhow, Result};
+use std::sync::Mutex;
+
 use crossbeam_channel::{bounded, unbounded, Receiver};
 
 use crate::engine::Engine;
@@ -65,33 +67,72 @@ struct Lane {
     closed: bool,
 }
 
-/// Runs inputs `0..n` through `engine` (whose capacity is grown to the lane count). `open(i)`
-/// opens input `i`; it runs on the lane's decoding thread.
+/// Runs inputs `0..n` through `engines`, each on its own thread with `opts.lanes` lanes, all
+/// taking inputs from one queue (more engines use more cores: one ORT thread each keeps the
+/// batched calls efficient). `open(i)` opens input `i` on a lane's decoding thread; `report` is
+/// called under a lock, from whichever engine thread has something to say.
 pub fn run<O>(
-    engine: &mut Engine,
+    engines: &mut [Engine],
     n: usize,
     open: &O,
     opts: &BatchOptions,
-    mut report: impl FnMut(Report<'_>) -> Result<()>,
+    report: impl FnMut(Report<'_>) -> Result<()> + Send,
 ) -> Result<()>
 where
     O: Fn(usize) -> Result<Box<dyn AudioSource>> + Sync,
 {
-    if n == 0 {
+    if n == 0 || engines.is_empty() {
         return Ok(());
-    }
-    let info = engine.info().clone();
-    let hop = info.hop;
-    let t_call = engine.frames_per_call();
-    let lanes = opts.lanes.clamp(1, n);
-    if engine.capacity() < lanes {
-        engine.resize(lanes)?;
     }
     let (job_tx, job_rx) = unbounded::<usize>();
     for j in 0..n {
         job_tx.send(j).unwrap();
     }
     drop(job_tx);
+    let report = Mutex::new(report);
+    let lanes = opts.lanes.clamp(1, n.div_ceil(engines.len()));
+    std::thread::scope(|scope| -> Result<()> {
+        let handles: Vec<_> = engines
+            .iter_mut()
+            .enumerate()
+            .map(|(i, e)| {
+                let jobs = job_rx.clone();
+                let report = &report;
+                std::thread::Builder::new()
+                    .name(format!("engine{i}"))
+                    .spawn_scoped(scope, move || {
+                        run_engine(e, jobs, lanes, open, opts, report)
+                    })
+            })
+            .collect::<std::io::Result<_>>()?;
+        for h in handles {
+            h.join().map_err(|_| anyhow!("engine thread panicked"))??;
+        }
+        Ok(())
+    })
+}
+
+fn run_engine<O, R>(
+    engine: &mut Engine,
+    job_rx: Receiver<usize>,
+    lanes: usize,
+    open: &O,
+    opts: &BatchOptions,
+    report: &Mutex<R>,
+) -> Result<()>
+where
+    O: Fn(usize) -> Result<Box<dyn AudioSource>> + Sync,
+    R: FnMut(Report<'_>) -> Result<()>,
+{
+    let report = |r: Report<'_>| -> Result<()> {
+        (report.lock().map_err(|_| anyhow!("reporter poisoned"))?)(r)
+    };
+    let info = engine.info().clone();
+    let hop = info.hop;
+    let t_call = engine.frames_per_call();
+    if engine.capacity() < lanes {
+        engine.resize(lanes)?;
+    }
     let mut lane_state = Vec::with_capacity(lanes);
     std::thread::scope(|scope| -> Result<()> {
         for k in 0..lanes {

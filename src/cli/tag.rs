@@ -65,9 +65,13 @@ pub struct TagArgs {
     /// Skip inputs whose output (with --out) is already complete.
     #[arg(long, requires = "out")]
     pub resume: bool,
-    /// Streams run side by side as rows of one batched call.
+    /// Streams run side by side as rows of one batched call (per engine).
     #[arg(long, default_value_t = 8)]
     pub lanes: usize,
+    /// Engines working in parallel, each on its own thread with --threads ORT threads
+    /// (default: one per core, at most one per input).
+    #[arg(short, long)]
+    pub jobs: Option<usize>,
     /// Which graph runs the files.
     #[arg(long = "engine", value_enum, default_value_t = EngineKind::Auto)]
     pub engine_kind: EngineKind,
@@ -168,15 +172,24 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
             bail!("--engine chunk: {} has no chunk.onnx", pkg.root.display())
         }
     };
-    let lanes = a.lanes.max(1).min(inputs.len().max(1));
-    let mut engine = Engine::load(&graph, &a.model.engine_options(), lanes, 0)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let jobs = a
+        .jobs
+        .unwrap_or((cores / a.model.threads.max(1)).max(1))
+        .clamp(1, inputs.len().max(1));
+    let lanes = a.lanes.max(1).min(inputs.len().div_ceil(jobs).max(1));
+    let mut engines = Vec::with_capacity(jobs);
+    for _ in 0..jobs {
+        engines.push(Engine::load(&graph, &a.model.engine_options(), lanes, 0)?);
+    }
     tracing::info!(
         graph = kind,
+        jobs,
         lanes,
-        frames_per_call = engine.frames_per_call(),
-        "engine ready"
+        frames_per_call = engines[0].frames_per_call(),
+        "engines ready"
     );
-    let info = engine.info().clone();
+    let info = engines[0].info().clone();
     let params = EventParams::from_model(&info, &a.thresholds, a.smooth, a.min_duration)?;
     let opts = BatchOptions {
         lanes,
@@ -249,7 +262,7 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
         }
         Ok(())
     };
-    batch::run(&mut engine, inputs.len(), &open, &opts, |r| match r {
+    batch::run(&mut engines, inputs.len(), &open, &opts, |r| match r {
         Report::Frame { job, time, scores } => {
             writer_for(job, &mut per_job)?;
             let name = inputs[job].name();
