@@ -4,7 +4,7 @@
 # MQTT broker; Python packages run the exporter/verifier tests; ONNX Runtime goes to .ort/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-pkgs=(sox ffmpeg pkg-config libasound2-dev pulseaudio pulseaudio-utils libasound2-plugins mosquitto mosquitto-clients systemd)
+pkgs=(sox ffmpeg fonts-dejavu-core pkg-config libasound2-dev pulseaudio pulseaudio-utils libasound2-plugins mosquitto mosquitto-clients systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

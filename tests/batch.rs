@@ -239,3 +239,45 @@ fn manifest_globs_and_folders_without_r() {
         stderr(&o)
     );
 }
+
+#[test]
+fn plot_writes_one_png_per_input() {
+    let root = archive("plot");
+    let out = root.with_extension("plots");
+    let _ = std::fs::remove_dir_all(&out);
+    let o = mambatag(&[
+        "tag",
+        "--model",
+        &tiny(),
+        "-r",
+        root.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--plot",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for f in ["one.wav", "a/two.wav", "a/b/three.flac", "c/four.flac"] {
+        let png =
+            std::fs::read(out.join(format!("{f}.png"))).unwrap_or_else(|e| panic!("{f}.png: {e}"));
+        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "{f}.png is not a PNG");
+        let (w, h) = (
+            u32::from_be_bytes(png[16..20].try_into().unwrap()),
+            u32::from_be_bytes(png[20..24].try_into().unwrap()),
+        );
+        assert_eq!(w, 1400);
+        assert!(h > 8 * 80, "one row per label: height {h}");
+        assert!(
+            png.len() > 10_000,
+            "{f}.png looks empty ({} bytes)",
+            png.len()
+        );
+    }
+    let o = mambatag(&[
+        "tag",
+        "--model",
+        &tiny(),
+        "--plot",
+        root.join("one.wav").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "--plot needs --out");
+}

@@ -17,6 +17,7 @@ use mambatag::batch::{self, BatchOptions, Report};
 use mambatag::engine::Engine;
 use mambatag::events::EventParams;
 use mambatag::resample::Quality;
+use mambatag::sink::plot::PlotRecorder;
 use mambatag::sink::{Format, Writer};
 use mambatag::source::{AudioSource, FileSource, PcmFormat, PcmSource};
 
@@ -96,6 +97,9 @@ pub struct TagArgs {
     /// Raw PCM input (`-`): sample format.
     #[arg(long, value_enum, default_value_t = PcmFormat::S16le)]
     pub sample_format: PcmFormat,
+    /// Also write a PNG per input (needs --out): each label's score over time, events shaded.
+    #[arg(long, requires = "out")]
+    pub plot: bool,
     /// Never draw the progress bar.
     #[arg(short, long)]
     pub quiet: bool,
@@ -195,7 +199,7 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
         lanes,
         quality: a.quality,
         events: params,
-        frames: a.frames,
+        frames: a.frames || a.plot,
     };
 
     for (name, why) in &failures {
@@ -217,6 +221,7 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
         w.begin()?;
     }
     let mut per_job: HashMap<usize, (OutFiles, Writer)> = HashMap::new();
+    let mut plots: HashMap<usize, PlotRecorder> = HashMap::new();
     let show_bar = !a.quiet && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     let bar = show_bar.then(|| {
         let b = indicatif::ProgressBar::new(inputs.len() as u64);
@@ -264,6 +269,15 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
     };
     batch::run(&mut engines, inputs.len(), &open, &opts, |r| match r {
         Report::Frame { job, time, scores } => {
+            if a.plot {
+                plots
+                    .entry(job)
+                    .or_insert_with(|| PlotRecorder::new(&info.labels, info.hop_seconds()))
+                    .frame(scores);
+            }
+            if !a.frames {
+                return Ok(());
+            }
             writer_for(job, &mut per_job)?;
             let name = inputs[job].name();
             match shared.as_mut() {
@@ -272,6 +286,9 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
             }
         }
         Report::Event { job, event } => {
+            if let Some(p) = plots.get_mut(&job) {
+                p.event(&event);
+            }
             writer_for(job, &mut per_job)?;
             let name = inputs[job].name();
             match shared.as_mut() {
@@ -291,6 +308,16 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
                         drop(w);
                         of.commit()?;
                     }
+                }
+                if let Some(p) = plots.remove(&job) {
+                    let mut png = out_dir
+                        .as_ref()
+                        .unwrap()
+                        .join(&inputs[job].mirror)
+                        .into_os_string();
+                    png.push(".png");
+                    let png = PathBuf::from(png);
+                    p.render(&png, &name)?;
                 }
                 Ok(s)
             });

@@ -2,6 +2,7 @@
 //! [`format`]; network sinks (HTTP/SSE/WS, MQTT) and metrics belong to the daemon.
 
 pub mod format;
+pub mod plot;
 
 pub use format::{Format, Writer};
 pub mod jsonl;
