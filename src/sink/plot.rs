@@ -172,7 +172,7 @@ mod tests {
         assert!(r.points[0].len() <= MAX_POINTS);
         assert!(r.points[0].len() >= MAX_POINTS / 2 - 1);
         assert!(
-            r.points[0].iter().any(|&p| p == 0.99),
+            r.points[0].contains(&0.99),
             "a one-frame peak must stay visible"
         );
     }
