@@ -66,6 +66,7 @@ pub fn run(a: ListenArgs) -> Result<ExitCode> {
         model: Some(Spanned::new(0..0, model)),
         device: Some(Spanned::new(0..0, a.device)),
         threads: 1,
+        cuda: Default::default(),
         api: ApiConfig {
             listen: Spanned::new(0..0, String::new()),
             token: None,

@@ -40,6 +40,9 @@ pub struct Config {
     /// ONNX Runtime intra-op threads.
     #[serde(default = "one")]
     pub threads: usize,
+    /// CUDA execution provider settings (`device = "cuda"` or `"auto"`).
+    #[serde(default)]
+    pub cuda: crate::engine::CudaOptions,
     #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
