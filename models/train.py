@@ -44,6 +44,7 @@ if REPO not in sys.path:
 sys.path.insert(0, os.path.join(REPO, "models", "data"))
 
 from models.mamba import MambaConfig, MambaTagger  # noqa: E402
+from models.thresholds import tune_thresholds_frames  # noqa: E402
 import pool as poolmod  # noqa: E402
 import scenes  # noqa: E402
 
@@ -125,18 +126,7 @@ def tune_thresholds(model, scenes_list, classes):
         ss.append(predict(model, x).cpu().numpy().reshape(-1, len(classes)))
     y = np.concatenate(ys)
     s = np.concatenate(ss)
-    th = {}
-    grid = np.linspace(0.1, 0.9, 33)
-    for k, c in enumerate(classes):
-        best, bt = -1, 0.5
-        for t in grid:
-            pr = s[:, k] >= t
-            tp = (pr & (y[:, k] > 0)).sum()
-            f1 = 2 * tp / max(1, pr.sum() + (y[:, k] > 0).sum())
-            if f1 > best:
-                best, bt = f1, float(t)
-        th[c] = round(min(max(bt, 0.15), 0.85), 3)
-    return th
+    return tune_thresholds_frames(s, y, classes)
 
 
 class Producer(threading.Thread):

@@ -50,6 +50,10 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
+if REPO not in sys.path:
+    sys.path.insert(0, REPO)
+
+from models.thresholds import tune_thresholds_frames  # noqa: E402
 sys.path.insert(0, os.path.join(REPO, "models", "data"))
 sys.path.insert(0, HERE)
 
@@ -281,20 +285,6 @@ def yamnet_to_frames(ps, ends, T, mode="held"):
     return out
 
 
-def tune_thresholds_frames(s, y, classes):
-    """train.py's recipe: per class, grid 0.1..0.9 (33 steps), max frame F1, clamp to [0.15, 0.85]."""
-    th = {}
-    grid = np.linspace(0.1, 0.9, 33)
-    for k, c in enumerate(classes):
-        best, bt = -1, 0.5
-        for t in grid:
-            pr = s[:, k] >= t
-            tp = (pr & (y[:, k] > 0)).sum()
-            f1 = 2 * tp / max(1, pr.sum() + (y[:, k] > 0).sum())
-            if f1 > best:
-                best, bt = f1, float(t)
-        th[c] = round(min(max(bt, 0.15), 0.85), 3)
-    return th
 
 
 # ----------------------------------------------------------------------------- parts
