@@ -8,14 +8,18 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mambatag::batch::{self, BatchOptions, Report};
 use mambatag::engine::{Engine, EngineOptions};
 use mambatag::events::EventParams;
 use mambatag::model::ModelPackage;
-use mambatag::pipeline::{tag_source, TagOptions};
 use mambatag::resample::Quality;
-use mambatag::source::FileSource;
+use mambatag::source::{AudioSource, FileSource};
 
 fn model() -> PathBuf {
+    package().step
+}
+
+fn package() -> ModelPackage {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let p = std::env::var_os("MAMBATAG_BENCH_MODEL")
         .map(PathBuf::from)
@@ -27,7 +31,7 @@ fn model() -> PathBuf {
                 root.join("models/test-tiny")
             }
         });
-    ModelPackage::locate(&p).expect("bench model").step
+    ModelPackage::locate(&p).expect("bench model")
 }
 
 fn flac() -> PathBuf {
@@ -80,21 +84,24 @@ fn steps(c: &mut Criterion) {
 }
 
 fn file(c: &mut Criterion) {
-    let path = model();
+    let pkg = package();
     let f = flac();
-    let mut e = Engine::load(&path, &EngineOptions::default(), 1, 1).unwrap();
-    let info = e.info().clone();
-    let opts = TagOptions {
+    // What `mambatag tag FILE` runs: the chunk graph when the model has one, one lane.
+    let graph = pkg.chunk.clone().unwrap_or(pkg.step.clone());
+    let mut e = vec![Engine::load(&graph, &EngineOptions::default(), 1, 0).unwrap()];
+    let info = e[0].info().clone();
+    let opts = BatchOptions {
+        lanes: 1,
         quality: Quality::Fft,
         events: EventParams::from_model(&info, &[], 5, 0.05).unwrap(),
+        frames: false,
     };
+    let open =
+        |_: usize| -> anyhow::Result<Box<dyn AudioSource>> { Ok(Box::new(FileSource::open(&f)?)) };
     let mut g = c.benchmark_group("file");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.bench_function("flac44k1_stereo_30s", |b| {
-        b.iter(|| {
-            let src = FileSource::open(&f).unwrap();
-            tag_source(&mut e, Box::new(src), &opts, |_| Ok(())).unwrap()
-        })
+        b.iter(|| batch::run(&mut e, 1, &open, &opts, |_: Report<'_>| Ok(())).unwrap())
     });
     g.finish();
 }

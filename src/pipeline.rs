@@ -1,14 +1,11 @@
 //! The per-stream audio path: source → resample → frame → engine → events.
 //!
 //! [`Conditioner`] turns native-rate mono pieces into model-rate hops (chunking-invariant);
-//! [`tag_source`] runs one source through an engine row with decoding and resampling on a
-//! separate thread, so the decoder and the model overlap.
+//! [`decode_hops`] reads a whole source through it in blocks (the batch runner's lane threads
+//! call it, so decoding overlaps the model).
 
-use anyhow::{anyhow, Result};
-use crossbeam_channel::bounded;
+use anyhow::Result;
 
-use crate::engine::Engine;
-use crate::events::{Event, EventDetector, EventParams, EventUpdate};
 use crate::frame::Framer;
 use crate::resample::{MonoResampler, Quality};
 use crate::source::AudioSource;
@@ -65,28 +62,11 @@ impl Conditioner {
     }
 }
 
-/// What [`tag_source`] reports per frame and per event.
-pub enum Output<'a> {
-    /// Scores of frame `index`; `time` is the end of the frame.
-    Frame {
-        time: f64,
-        scores: &'a [f32],
-    },
-    Event(Event),
-}
-
 #[derive(Debug, Clone, Default)]
 pub struct StreamSummary {
     pub frames: u64,
     pub seconds: f64,
     pub events: u64,
-}
-
-/// Options for tagging one source.
-#[derive(Debug, Clone)]
-pub struct TagOptions {
-    pub quality: Quality,
-    pub events: EventParams,
 }
 
 /// Blocks of model-rate hops travel from the decoding thread in pieces of this many hops.
@@ -140,85 +120,4 @@ pub fn decode_hops(
         send(block)?;
     }
     Ok(cond.map_or(0.0, |c| c.seconds()))
-}
-
-/// Tags one source on row 0 of `engine` (a step engine with capacity ≥ 1): decoding and
-/// resampling run on their own thread; the caller's thread runs the model and the events.
-pub fn tag_source(
-    engine: &mut Engine,
-    source: Box<dyn AudioSource>,
-    opts: &TagOptions,
-    mut emit: impl FnMut(Output<'_>) -> Result<()>,
-) -> Result<StreamSummary> {
-    let info = engine.info().clone();
-    let hop = info.hop;
-    let (tx, rx) = bounded::<Result<Vec<f32>>>(4);
-    let quality = opts.quality;
-    let producer = std::thread::Builder::new()
-        .name("decode".into())
-        .spawn(move || -> f64 {
-            let res = decode_hops(source, info.sample_rate, hop, quality, |block| {
-                tx.send(Ok(block)).map_err(|_| anyhow!("engine stopped"))
-            });
-            match res {
-                Ok(seconds) => seconds,
-                Err(e) => {
-                    let _ = tx.send(Err(e));
-                    0.0
-                }
-            }
-        })?;
-
-    engine.reset_row(0)?;
-    let advance = {
-        let mut a = vec![false; engine.capacity()];
-        a[0] = true;
-        a
-    };
-    let mut detector = EventDetector::new(&info.labels, opts.events.clone(), info.hop_seconds());
-    let mut updates = Vec::new();
-    let mut summary = StreamSummary::default();
-    let mut failure = None;
-    for block in rx.iter() {
-        let block = match block {
-            Ok(b) => b,
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        };
-        for h in block.chunks_exact(hop) {
-            engine.input_mut(0).copy_from_slice(h);
-            engine.run(&advance)?;
-            let scores = engine.scores(0);
-            summary.frames += 1;
-            emit(Output::Frame {
-                time: summary.frames as f64 * info.hop_seconds(),
-                scores,
-            })?;
-            detector.push(scores, &mut updates);
-            for u in updates.drain(..) {
-                if let EventUpdate::Offset(e) = u {
-                    summary.events += 1;
-                    emit(Output::Event(e))?;
-                }
-            }
-        }
-    }
-    drop(rx);
-    let seconds = producer
-        .join()
-        .map_err(|_| anyhow!("decoder thread panicked"))?;
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    summary.seconds = seconds;
-    detector.finish(seconds, &mut updates);
-    for u in updates.drain(..) {
-        if let EventUpdate::Offset(e) = u {
-            summary.events += 1;
-            emit(Output::Event(e))?;
-        }
-    }
-    Ok(summary)
 }
