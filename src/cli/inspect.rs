@@ -85,6 +85,14 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
             sz
         );
     }
+    let shared = pkg.root.join("weights.bin");
+    if let Ok(m) = std::fs::metadata(&shared) {
+        println!(
+            "weights     {} ({} bytes, ONNX external data shared by the graphs)",
+            shared.display(),
+            m.len()
+        );
+    }
     println!("labels      {} (onset threshold)", info.labels.len());
     for (l, t) in info.labels.iter().zip(&info.thresholds) {
         println!("  {l:<12} {t:.3}");
