@@ -43,6 +43,13 @@ fn main() -> ExitCode {
         Cmd::Serve(_) if cli.log == "warn" => "warn,mambatag=info".to_string(),
         _ => cli.log.clone(),
     };
+    // ONNX Runtime's own info lines (session option dumps, arena sizes) are noise for users;
+    // ask for them explicitly with `--log ort=info`.
+    let level = if level.contains("ort") {
+        level
+    } else {
+        format!("{level},ort=warn")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&level));
     tracing_subscriber::fmt()

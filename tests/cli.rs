@@ -403,3 +403,40 @@ fn inspect_prints_the_contract() {
     let o = mambatag(&["inspect", &tiny()]);
     assert!(stdout(&o).contains("state.audio"));
 }
+
+#[test]
+fn device_flags_without_cuda_support() {
+    let f = tiny_model().join("fixture.wav");
+    if cfg!(feature = "cuda") {
+        return; // covered by tests/gpu.rs on a GPU machine
+    }
+    let o = mambatag(&[
+        "tag",
+        "--model",
+        &tiny(),
+        "--device",
+        "cuda",
+        f.to_str().unwrap(),
+    ]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("--device cuda: this mambatag was built without CUDA support"),
+        "{}",
+        stderr(&o)
+    );
+    let o = mambatag(&[
+        "tag",
+        "--model",
+        &tiny(),
+        "--device",
+        "auto",
+        "--log",
+        "info",
+        f.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("running on CPU"), "{}", stderr(&o));
+    let cpu = mambatag(&["tag", "--model", &tiny(), f.to_str().unwrap()]);
+    assert_eq!(stdout(&o), stdout(&cpu));
+}
