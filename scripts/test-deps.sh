@@ -15,4 +15,6 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check -r "$root/models/requirements.txt"
+# torch runs the training smoke test and the torch-vs-numpy parity tests (CPU only).
+python3 -c "import torch" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check -r "$root/models/requirements-train.txt"
 "$root/scripts/fetch-onnxruntime.sh" >/dev/null
