@@ -281,3 +281,48 @@ fn plot_writes_one_png_per_input() {
     ]);
     assert_eq!(o.status.code(), Some(2), "--plot needs --out");
 }
+
+#[test]
+fn default_model_chunk_engine_matches_step_engine() {
+    let model = repo().join("models/default");
+    let demo = repo().join("demo/demo.flac");
+    let run = |engine: &str| {
+        let o = mambatag(&[
+            "tag",
+            "--model",
+            model.to_str().unwrap(),
+            "--frames",
+            "--engine",
+            engine,
+            demo.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let (step, chunk) = (run("step"), run("chunk"));
+    let frames = |s: &str| -> Vec<serde_json::Value> {
+        s.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v.get("time").is_some())
+            .collect()
+    };
+    let (a, b) = (frames(&step), frames(&chunk));
+    assert_eq!(a.len(), 900, "9 s of audio");
+    assert_eq!(a.len(), b.len());
+    let mut max = 0.0f64;
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x["time"], y["time"]);
+        for (k, v) in x["scores"].as_object().unwrap() {
+            max = max.max((v.as_f64().unwrap() - y["scores"][k].as_f64().unwrap()).abs());
+        }
+    }
+    println!("default model, chunk vs step over 900 frames: max abs difference {max:e}");
+    assert!(max <= 1e-4, "{max}");
+    let events = |s: &str| {
+        s.lines()
+            .filter(|l| l.contains("\"label\""))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(events(&step), events(&chunk));
+}
