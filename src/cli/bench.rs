@@ -38,6 +38,10 @@ pub struct BenchArgs {
 }
 
 struct BatchResult {
+    /// Mean per call: audio upload, session run, scores download.
+    input_us: f64,
+    model_us: f64,
+    output_us: f64,
     streams: usize,
     p50_us: f64,
     p99_us: f64,
@@ -63,6 +67,7 @@ fn measure(engine: &mut Engine, steps: usize) -> Result<BatchResult> {
     for _ in 0..warm {
         engine.run(&advance)?;
     }
+    engine.take_timings();
     let mut times = Vec::with_capacity(steps);
     let t_all = Instant::now();
     for _ in 0..steps {
@@ -73,7 +78,12 @@ fn measure(engine: &mut Engine, steps: usize) -> Result<BatchResult> {
     let total = t_all.elapsed().as_secs_f64() * 1e6;
     times.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+    let tm = engine.take_timings();
+    let per = |d: std::time::Duration| d.as_secs_f64() * 1e6 / tm.calls.max(1) as f64;
     Ok(BatchResult {
+        input_us: per(tm.input),
+        model_us: per(tm.model),
+        output_us: per(tm.output),
         streams: b,
         p50_us: pct(0.5),
         p99_us: pct(0.99),
@@ -160,7 +170,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
     if a.json {
         let batches: Vec<_> = results
             .iter()
-            .map(|r| serde_json::json!({"streams": r.streams, "step_us_p50": r.p50_us, "step_us_p99": r.p99_us, "us_per_stream": r.per_stream_us, "stream_frames_per_s": 1e6 / r.per_stream_us, "realtime": r.p99_us <= hop_us}))
+            .map(|r| serde_json::json!({"streams": r.streams, "step_us_p50": r.p50_us, "step_us_p99": r.p99_us, "us_per_stream": r.per_stream_us, "upload_us": r.input_us, "run_us": r.model_us, "download_us": r.output_us, "stream_frames_per_s": 1e6 / r.per_stream_us, "realtime": r.p99_us <= hop_us}))
             .collect();
         let j = serde_json::json!({
             "model": info.name, "device": format!("{:?}", engine.device()).to_lowercase(), "threads": opts.threads,
@@ -198,6 +208,14 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         );
     }
     println!("largest batch with p99 step ≤ {hop_us:.0} µs (real time): {max_rt} streams");
+    for r in &results {
+        if r.input_us + r.output_us > 0.05 * r.model_us {
+            println!(
+                "  {} streams: mean per step {:.1} µs audio upload + {:.1} µs session run + {:.1} µs scores download",
+                r.streams, r.input_us, r.model_us, r.output_us
+            );
+        }
+    }
     for (b, t, p50, fps) in &chunk_rows {
         println!(
             "chunk graph: {b} streams × {t} frames per call: {:.1} ms per call, {fps:.0} frames/s ({:.0}× real time, model only)",

@@ -13,6 +13,7 @@
 pub mod slots;
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
@@ -106,6 +107,19 @@ pub struct Engine {
     /// States are host memory and rows are touched directly (false on CUDA, or when forced to
     /// exercise the device path on CPU in tests).
     host_rows: bool,
+    timings: Timings,
+}
+
+/// Where the time of [`Engine::run`] goes, summed since the last [`Engine::take_timings`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timings {
+    pub calls: u64,
+    /// Audio host → device (CUDA only).
+    pub input: Duration,
+    /// The session run itself.
+    pub model: Duration,
+    /// Scores device → host (CUDA only).
+    pub output: Duration,
 }
 
 impl Engine {
@@ -175,6 +189,7 @@ impl Engine {
             cur: 0,
             state_alloc,
             host_rows: !on_gpu && !opts.force_device_row_ops,
+            timings: Timings::default(),
         };
         e.zero_all()?;
         Ok(e)
@@ -182,6 +197,10 @@ impl Engine {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+    /// Time spent in runs since the last call.
+    pub fn take_timings(&mut self) -> Timings {
+        std::mem::take(&mut self.timings)
     }
     /// The device the session actually runs on (after `auto` resolved).
     pub fn device(&self) -> Device {
@@ -216,11 +235,13 @@ impl Engine {
     /// they had before the call (their scores are computed but meaningless).
     pub fn run(&mut self, advance: &[bool]) -> Result<()> {
         debug_assert_eq!(advance.len(), self.cap);
+        let t0 = Instant::now();
         if let Some((a, _)) = self.dev_io.as_mut() {
             self.audio
                 .copy_into(a)
                 .context("copying audio to the device")?;
         }
+        let t1 = Instant::now();
         let outputs = match &self.run_opts {
             Some(o) => self
                 .session
@@ -229,10 +250,16 @@ impl Engine {
         }
         .context("model step failed")?;
         drop(outputs);
+        let t2 = Instant::now();
         if let Some((_, s)) = self.dev_io.as_ref() {
             s.copy_into(&mut self.scores)
                 .context("copying scores from the device")?;
         }
+        let t3 = Instant::now();
+        self.timings.calls += 1;
+        self.timings.input += t1 - t0;
+        self.timings.model += t2 - t1;
+        self.timings.output += t3 - t2;
         let prev = self.cur;
         self.cur = 1 - self.cur;
         if advance.iter().any(|a| !a) {
