@@ -19,28 +19,18 @@ use mambatag::daemon::config::{
     ApiConfig, Config, EventsConfig, Loaded, SinksConfig, SourceConfig, SourceKind, ThresholdValue,
 };
 use mambatag::daemon::{Daemon, Signal};
-use mambatag::engine::Device;
+
+use super::{EventArgs, ModelArgs};
 
 #[derive(Args, Debug)]
 pub struct ListenArgs {
     /// Input device: `default`, an index or name from `mambatag devices`.
     #[arg(short = 'D', long = "input", default_value = "default")]
     pub input: String,
-    /// Model package directory or .onnx file. Default: models/default.
-    #[arg(short, long)]
-    pub model: Option<PathBuf>,
-    /// Where to run the model.
-    #[arg(long, value_enum, default_value_t = Device::Cpu)]
-    pub device: Device,
-    /// Per-label thresholds, LABEL=ON or LABEL=ON:OFF (repeatable).
-    #[arg(long = "threshold", value_name = "LABEL=ON[:OFF]")]
-    pub thresholds: Vec<String>,
-    /// Moving-average window over frames before thresholding.
-    #[arg(long, default_value_t = 5)]
-    pub smooth: usize,
-    /// Events shorter than this many seconds are dropped.
-    #[arg(long, default_value_t = 0.05)]
-    pub min_duration: f64,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub events: EventArgs,
     /// Print the raw JSON messages instead of text.
     #[arg(long)]
     pub json: bool,
@@ -48,14 +38,14 @@ pub struct ListenArgs {
 
 pub fn run(a: ListenArgs) -> Result<ExitCode> {
     let sig = mambatag::daemon::signals()?;
-    let model = match &a.model {
+    let model = match &a.model.model {
         Some(p) => p.clone(),
         None => mambatag::default_model_path().ok_or_else(|| {
             anyhow!("no model given and no models/default found; pass --model PATH")
         })?,
     };
     let mut thresholds = std::collections::BTreeMap::new();
-    for t in &a.thresholds {
+    for t in &a.events.thresholds {
         let (label, th) = mambatag::events::parse_override(t)?;
         thresholds.insert(
             label,
@@ -64,17 +54,17 @@ pub fn run(a: ListenArgs) -> Result<ExitCode> {
     }
     let config = Config {
         model: Some(Spanned::new(0..0, model)),
-        device: Some(Spanned::new(0..0, a.device)),
-        threads: 1,
-        cuda: Default::default(),
+        device: Some(Spanned::new(0..0, a.model.device)),
+        threads: a.model.threads,
+        cuda: a.model.engine_options().cuda,
         api: ApiConfig {
             listen: Spanned::new(0..0, String::new()),
             token: None,
             frame_scores: false,
         },
         events: EventsConfig {
-            smooth: a.smooth,
-            min_duration: a.min_duration,
+            smooth: a.events.smooth,
+            min_duration: a.events.min_duration,
             thresholds,
         },
         sinks: SinksConfig {

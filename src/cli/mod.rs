@@ -36,6 +36,20 @@ pub struct ModelArgs {
     pub cuda_device: i32,
 }
 
+/// Event options shared by `tag` and `listen`.
+#[derive(Args, Debug, Clone)]
+pub struct EventArgs {
+    /// Per-label thresholds, LABEL=ON or LABEL=ON:OFF (repeatable). Defaults come from the model.
+    #[arg(long = "threshold", value_name = "LABEL=ON[:OFF]")]
+    pub thresholds: Vec<String>,
+    /// Moving-average window over frames before thresholding.
+    #[arg(long, default_value_t = 5)]
+    pub smooth: usize,
+    /// Events shorter than this many seconds are dropped.
+    #[arg(long, default_value_t = 0.05)]
+    pub min_duration: f64,
+}
+
 impl ModelArgs {
     pub fn package(&self) -> Result<ModelPackage> {
         let path = match &self.model {

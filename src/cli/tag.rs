@@ -21,7 +21,7 @@ use mambatag::sink::plot::PlotRecorder;
 use mambatag::sink::{Format, Writer};
 use mambatag::source::{AudioSource, FileSource, PcmFormat, PcmSource};
 
-use super::ModelArgs;
+use super::{EventArgs, ModelArgs};
 
 /// File name extensions `-r` picks up in folders.
 pub const AUDIO_EXTENSIONS: &[&str] = &[
@@ -76,15 +76,8 @@ pub struct TagArgs {
     /// Which graph runs the files.
     #[arg(long = "engine", value_enum, default_value_t = EngineKind::Auto)]
     pub engine_kind: EngineKind,
-    /// Per-label thresholds, LABEL=ON or LABEL=ON:OFF (repeatable). Defaults come from the model.
-    #[arg(long = "threshold", value_name = "LABEL=ON[:OFF]")]
-    pub thresholds: Vec<String>,
-    /// Moving-average window over frames before thresholding.
-    #[arg(long, default_value_t = 5)]
-    pub smooth: usize,
-    /// Events shorter than this many seconds are dropped.
-    #[arg(long, default_value_t = 0.05)]
-    pub min_duration: f64,
+    #[command(flatten)]
+    pub events: EventArgs,
     /// Resampler quality.
     #[arg(long = "resample", value_enum, default_value_t = Quality::Fft)]
     pub quality: Quality,
@@ -194,7 +187,12 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
         "engines ready"
     );
     let info = engines[0].info().clone();
-    let params = EventParams::from_model(&info, &a.thresholds, a.smooth, a.min_duration)?;
+    let params = EventParams::from_model(
+        &info,
+        &a.events.thresholds,
+        a.events.smooth,
+        a.events.min_duration,
+    )?;
     let opts = BatchOptions {
         lanes,
         quality: a.quality,
