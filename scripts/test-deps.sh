@@ -17,4 +17,4 @@ fi
 python3 -m pip install -q --disable-pip-version-check -r "$root/models/requirements.txt"
 # torch runs the training smoke test and the torch-vs-numpy parity tests (CPU only).
 python3 -c "import torch" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check -r "$root/models/requirements-train.txt"
-"$root/scripts/fetch-onnxruntime.sh" >/dev/null
+"$root/scripts/setup.sh" >/dev/null
