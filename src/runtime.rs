@@ -45,10 +45,7 @@ pub fn init() -> anyhow::Result<Runtime> {
 }
 
 fn init_inner() -> Result<Runtime, RuntimeError> {
-    let (candidates, searched) = candidates();
-    let Some(path) = candidates.into_iter().next() else {
-        return Err(RuntimeError::NotFound { searched });
-    };
+    let path = locate().map_err(|searched| RuntimeError::NotFound { searched })?;
     let env = ort::init_from(&path).map_err(|e| RuntimeError::LoadFailed {
         path: path.display().to_string(),
         reason: e.to_string(),
@@ -64,21 +61,18 @@ fn init_inner() -> Result<Runtime, RuntimeError> {
     Ok(Runtime { path, env })
 }
 
-/// The first place a library is, in order of preference, plus every place looked at (for the
+/// The first place a library is, in order of preference; or every place looked at (for the
 /// error message). Asking `python3` for its site-packages costs a process start, so it happens
 /// only when no project-local copy exists.
-fn candidates() -> (Vec<PathBuf>, String) {
+fn locate() -> Result<PathBuf, String> {
     let mut searched: Vec<String> = Vec::new();
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
         // An explicit path that does not exist is an error, not a hint to look elsewhere.
         let p = PathBuf::from(p);
         if !p.is_file() {
-            return (
-                Vec::new(),
-                format!("ORT_DYLIB_PATH={} (no such file)", p.display()),
-            );
+            return Err(format!("ORT_DYLIB_PATH={} (no such file)", p.display()));
         }
-        return (vec![p], String::new());
+        return Ok(p);
     }
     let mut dirs: Vec<PathBuf> = Vec::new();
     if let Ok(exe) = std::env::current_exe() {
@@ -91,14 +85,14 @@ fn candidates() -> (Vec<PathBuf>, String) {
         let p = d.join("libonnxruntime.so");
         searched.push(p.display().to_string());
         if p.is_file() {
-            return (vec![p], String::new());
+            return Ok(p);
         }
     }
     for sp in python_site_dirs() {
         let capi = sp.join("onnxruntime").join("capi");
         searched.push(capi.display().to_string());
         if let Ok(rd) = std::fs::read_dir(&capi) {
-            let mut libs: Vec<PathBuf> = rd
+            let lib = rd
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| {
@@ -106,10 +100,9 @@ fn candidates() -> (Vec<PathBuf>, String) {
                         .and_then(|n| n.to_str())
                         .is_some_and(|n| n.starts_with("libonnxruntime.so"))
                 })
-                .collect();
-            libs.sort();
-            if let Some(p) = libs.into_iter().next() {
-                return (vec![p], String::new());
+                .min();
+            if let Some(p) = lib {
+                return Ok(p);
             }
         }
     }
@@ -122,10 +115,10 @@ fn candidates() -> (Vec<PathBuf>, String) {
         let p = Path::new(d).join("libonnxruntime.so");
         searched.push(p.display().to_string());
         if p.is_file() {
-            return (vec![p], String::new());
+            return Ok(p);
         }
     }
-    (Vec::new(), searched.join(", "))
+    Err(searched.join(", "))
 }
 
 /// Python site-packages folders, from the active virtualenv and from `python3` itself.
