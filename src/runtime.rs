@@ -66,7 +66,7 @@ fn init_inner() -> Result<Runtime, RuntimeError> {
 /// only when no project-local copy exists.
 fn locate() -> Result<PathBuf, String> {
     let mut searched: Vec<String> = Vec::new();
-    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH") {
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
         // An explicit path that does not exist is an error, not a hint to look elsewhere.
         let p = PathBuf::from(p);
         if !p.is_file() {
