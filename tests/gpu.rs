@@ -130,3 +130,42 @@ fn gpu_slot_joining_mid_batch_scores_as_alone() {
     e.restore_row(0, &snap).unwrap();
     assert_eq!(e.snapshot_row(0).unwrap(), snap);
 }
+
+#[test]
+#[ignore = "needs a GPU (--features cuda)"]
+fn gpu_batch_growth_mid_stream_matches_cpu() {
+    // With CUDA graphs a resize must capture new graphs: replaying the old one would run the
+    // old batch size on freed buffers.
+    let mut cpu = load(Device::Cpu, 1);
+    let mut gpu = load(Device::Cuda, 1);
+    let (mut cs, mut gs) = (SlotTable::new(1), SlotTable::new(1));
+    cs.join(&mut cpu, 0).unwrap();
+    gs.join(&mut gpu, 0).unwrap();
+    let mut max = 0.0f32;
+    let mut buf = vec![0.0; 160];
+    for t in 0..300 {
+        if t == 100 || t == 200 {
+            for id in 1..(if t == 100 { 3 } else { 9 }) {
+                cs.join(&mut cpu, id).unwrap();
+                gs.join(&mut gpu, id).unwrap();
+            }
+        }
+        assert_eq!(cpu.capacity(), gpu.capacity());
+        for r in 0..cpu.capacity() {
+            hop_audio(t, r, &mut buf);
+            cpu.input_mut(r).copy_from_slice(&buf);
+            gpu.input_mut(r).copy_from_slice(&buf);
+        }
+        let adv = vec![true; cpu.capacity()];
+        cpu.run(&adv).unwrap();
+        gpu.run(&adv).unwrap();
+        for r in 0..cpu.capacity() {
+            for (a, b) in cpu.scores(r).iter().zip(gpu.scores(r)) {
+                max = max.max((a - b).abs());
+            }
+        }
+    }
+    assert_eq!(gpu.capacity(), 16);
+    println!("batch growing 1 → 4 → 16 mid-stream, GPU vs CPU: max abs difference {max:e}");
+    assert!(max <= 1e-3, "{max}");
+}

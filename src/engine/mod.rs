@@ -101,6 +101,9 @@ pub struct Engine {
     bindings: [IoBinding; 2],
     /// Run options per binding (CUDA graphs need one graph id per binding).
     run_opts: Option<[RunOptions; 2]>,
+    /// Batch allocations so far: each one gets its own pair of CUDA graph ids, since a captured
+    /// graph replays the addresses and shapes it was captured with.
+    generation: usize,
     cur: usize,
     /// Where state tensors are allocated.
     state_alloc: Allocator,
@@ -158,12 +161,7 @@ impl Engine {
             Allocator::default()
         };
         let run_opts = if on_gpu && opts.cuda.cuda_graph {
-            let mk = |id: usize| -> Result<RunOptions> {
-                let mut r = RunOptions::new()?;
-                r.set("gpu_graph_id", id.to_string())?;
-                Ok(r)
-            };
-            Some([mk(0)?, mk(1)?])
+            Some(graph_run_options(0)?)
         } else {
             None
         };
@@ -186,6 +184,7 @@ impl Engine {
             states: t.states,
             bindings,
             run_opts,
+            generation: 0,
             cur: 0,
             state_alloc,
             host_rows: !on_gpu && !opts.force_device_row_ops,
@@ -386,6 +385,10 @@ impl Engine {
         self.states = t.states;
         self.cur = 0;
         self.cap = capacity;
+        if self.run_opts.is_some() {
+            self.generation += 1;
+            self.run_opts = Some(graph_run_options(self.generation)?);
+        }
         self.zero_all()?;
         for (i, o) in old.iter().enumerate() {
             let n = self.info.states[i].elems();
@@ -429,6 +432,18 @@ impl Engine {
         host.copy_into(t)?;
         Ok(())
     }
+}
+
+/// Run options that replay CUDA graph `2g` for binding 0 and `2g + 1` for binding 1. ORT
+/// captures a graph the first time an id runs and replays it afterwards with the same device
+/// addresses and shapes, so every new set of tensors (a resize) needs new ids.
+fn graph_run_options(generation: usize) -> Result<[RunOptions; 2]> {
+    let mk = |id: usize| -> Result<RunOptions> {
+        let mut r = RunOptions::new()?;
+        r.set("gpu_graph_id", id.to_string())?;
+        Ok(r)
+    };
+    Ok([mk(2 * generation)?, mk(2 * generation + 1)?])
 }
 
 fn row_shape(dims: &[usize]) -> Vec<i64> {
