@@ -571,7 +571,7 @@ fn build_session(
         .map_err(map)?;
     let (mut builder, device) = match opts.device {
         Device::Cpu => (builder, Device::Cpu),
-        Device::Cuda | Device::Auto => register_cuda(builder, opts)?,
+        Device::Cuda | Device::Auto => register_cuda(builder, opts, rt)?,
     };
     let session = builder
         .commit_from_file(path)
@@ -583,6 +583,7 @@ fn build_session(
 fn register_cuda(
     builder: ort::session::builder::SessionBuilder,
     opts: &EngineOptions,
+    rt: &crate::runtime::Runtime,
 ) -> Result<(ort::session::builder::SessionBuilder, Device)> {
     use ort::ep;
     let c = &opts.cuda;
@@ -599,7 +600,12 @@ fn register_cuda(
             tracing::info!("CUDA unavailable ({e}); running on CPU");
             Ok((e.recover(), Device::Cpu))
         }
-        Err(e) => bail!("--device cuda: the CUDA execution provider could not be registered: {e}"),
+        Err(e) => bail!(
+            "--device cuda: the CUDA execution provider could not be registered: {e} \
+             (is the ONNX Runtime at {} a GPU build? `pip install onnxruntime-gpu==1.31.1` needs \
+             CUDA 13; point ORT_DYLIB_PATH at its libonnxruntime.so)",
+            rt.path.display()
+        ),
     }
 }
 
@@ -607,6 +613,7 @@ fn register_cuda(
 fn register_cuda(
     builder: ort::session::builder::SessionBuilder,
     opts: &EngineOptions,
+    _rt: &crate::runtime::Runtime,
 ) -> Result<(ort::session::builder::SessionBuilder, Device)> {
     if opts.device == Device::Auto {
         tracing::info!(
