@@ -1,13 +1,7 @@
 #!/usr/bin/env bash
 # One device call: CUDA EP benchmarks, the GPU test suite, and the PyTorch eager baseline.
 set -x
-source .gpu/ort-cuda-env.sh
-B=/tmp/b; mkdir -p $B
-python3 -c "import lzma,shutil,sys;shutil.copyfileobj(lzma.open(sys.argv[1]),open(sys.argv[2],'wb'))" .gpubin/lib/libasound.so.2.xz $B/libasound.so.2
-export LD_LIBRARY_PATH=$B:$LD_LIBRARY_PATH
-for f in mambatag gputest; do
-  python3 -c "import lzma,shutil,sys;shutil.copyfileobj(lzma.open(sys.argv[1]),open(sys.argv[2],'wb'))" .gpubin/$f.xz $B/$f; chmod +x $B/$f
-done
+source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee $OUT/gpu.txt
 lscpu | grep -E "Model name|^CPU\(s\)" >> $OUT/gpu.txt
 M=models/default; S=1,16,64,256,1024,4096,16384
