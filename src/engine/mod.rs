@@ -105,8 +105,8 @@ pub struct Engine {
     /// graph replays the addresses and shapes it was captured with.
     generation: usize,
     cur: usize,
-    /// Where state tensors are allocated.
-    state_alloc: Allocator,
+    /// Where tensors are allocated.
+    allocs: Allocs,
     /// States are host memory and rows are touched directly (false on CUDA, or when forced to
     /// exercise the device path on CPU in tests).
     host_rows: bool,
@@ -147,19 +147,7 @@ impl Engine {
             GraphKind::Chunk => frames_per_call,
         };
         let on_gpu = device == Device::Cuda;
-        let state_alloc = if on_gpu {
-            Allocator::new(
-                &session,
-                MemoryInfo::new(
-                    AllocationDevice::CUDA,
-                    opts.cuda.device_id,
-                    AllocatorType::Device,
-                    MemoryType::Default,
-                )?,
-            )?
-        } else {
-            Allocator::default()
-        };
+        let allocs = Allocs::new(&session, on_gpu, opts.cuda.device_id)?;
         let run_opts = if on_gpu && opts.cuda.cuda_graph {
             Some(graph_run_options(0)?)
         } else {
@@ -170,7 +158,7 @@ impl Engine {
         // `copy_into`. (Binding the host tensors directly and re-binding the audio each call —
         // ORT copying inside the run — measured 12–25 % slower on an H200, and CUDA graphs
         // need fixed device addresses anyway.)
-        let mut t = Tensors::alloc(&info, cap, frames_per_call, &state_alloc, on_gpu)?;
+        let mut t = Tensors::alloc(&info, cap, frames_per_call, &allocs)?;
         let bindings = t.bind(&session, &info)?;
         let mut e = Self {
             session,
@@ -186,7 +174,7 @@ impl Engine {
             run_opts,
             generation: 0,
             cur: 0,
-            state_alloc,
+            allocs,
             host_rows: !on_gpu && !opts.force_device_row_ops,
             timings: Timings::default(),
         };
@@ -370,14 +358,7 @@ impl Engine {
         for i in 0..self.info.states.len() {
             old.push(self.read_state(self.cur, i)?);
         }
-        let on_gpu = self.device == Device::Cuda;
-        let mut t = Tensors::alloc(
-            &self.info,
-            capacity,
-            self.frames_per_call,
-            &self.state_alloc,
-            on_gpu,
-        )?;
+        let mut t = Tensors::alloc(&self.info, capacity, self.frames_per_call, &self.allocs)?;
         self.bindings = t.bind(&self.session, &self.info)?;
         self.audio = t.audio;
         self.scores = t.scores;
@@ -471,6 +452,45 @@ fn row_view<'a>(t: &mut Tensor<f32>, row: usize, dims: &[usize]) -> Result<Tenso
     Ok(v)
 }
 
+/// Where an engine's tensors live.
+struct Allocs {
+    /// State (and, with `device_io`, the bound audio/scores): GPU memory on CUDA.
+    state: Allocator,
+    /// The host audio/scores callers touch.
+    host: Allocator,
+    device_io: bool,
+}
+
+impl Allocs {
+    fn new(session: &Session, on_gpu: bool, device_id: i32) -> Result<Self> {
+        if !on_gpu {
+            return Ok(Self {
+                state: Allocator::default(),
+                host: Allocator::default(),
+                device_io: false,
+            });
+        }
+        let state = Allocator::new(
+            session,
+            MemoryInfo::new(
+                AllocationDevice::CUDA,
+                device_id,
+                AllocatorType::Device,
+                MemoryType::Default,
+            )?,
+        )?;
+        // Page-locked host tensors would make the copies DMA transfers, but ort's `copy_into`
+        // from the device into CUDA_PINNED memory fails with ORT 1.31 ("dst_data != src_data",
+        // seen on an H200), so the host side stays ordinary memory.
+        let host = Allocator::default();
+        Ok(Self {
+            state,
+            host,
+            device_io: true,
+        })
+    }
+}
+
 /// The tensors of one batch size.
 struct Tensors {
     audio: Tensor<f32>,
@@ -480,14 +500,8 @@ struct Tensors {
 }
 
 impl Tensors {
-    fn alloc(
-        info: &ModelInfo,
-        cap: usize,
-        t: usize,
-        state_alloc: &Allocator,
-        device_io: bool,
-    ) -> Result<Self> {
-        let host = Allocator::default();
+    fn alloc(info: &ModelInfo, cap: usize, t: usize, allocs: &Allocs) -> Result<Self> {
+        let (host, state_alloc, device_io) = (&allocs.host, &allocs.state, allocs.device_io);
         let (audio_shape, scores_shape): (Vec<i64>, Vec<i64>) = if info.graph == GraphKind::Step {
             (
                 vec![cap as i64, info.hop as i64],
@@ -499,8 +513,8 @@ impl Tensors {
                 vec![cap as i64, t as i64, info.num_labels() as i64],
             )
         };
-        let audio = Tensor::<f32>::new(&host, audio_shape.clone())?;
-        let scores = Tensor::<f32>::new(&host, scores_shape.clone())?;
+        let audio = Tensor::<f32>::new(host, audio_shape.clone())?;
+        let scores = Tensor::<f32>::new(host, scores_shape.clone())?;
         let dev_io = if device_io {
             Some((
                 Tensor::<f32>::new(state_alloc, audio_shape)?,

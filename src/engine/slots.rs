@@ -1,8 +1,9 @@
 //! Which stream sits in which batch row.
 //!
 //! Streams join and leave at any time. A joining stream takes the lowest free row (its state
-//! zeroed); when no row is free the batch grows to the next power of two, so the engine sees
-//! few distinct shapes. Leaving frees the row; rows of streams that have no audio in a round are
+//! zeroed); when no row is free the batch grows to the next power of two, and past 1,024 rows
+//! to the next multiple of 1,024 (a power of two would waste up to half of a large batch), so
+//! the engine sees few distinct shapes. Leaving frees the row; rows of streams that have no audio in a round are
 //! run with `advance = false` and keep their state.
 
 use anyhow::Result;
@@ -11,6 +12,16 @@ use super::Engine;
 
 /// Opaque stream identifier chosen by the caller.
 pub type StreamId = u64;
+
+/// Batch size for `needed` rows: powers of two up to 1,024, then multiples of 1,024.
+pub fn grown_capacity(needed: usize) -> usize {
+    const STEP: usize = 1024;
+    if needed <= STEP {
+        needed.next_power_of_two()
+    } else {
+        needed.div_ceil(STEP) * STEP
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct SlotTable {
@@ -56,7 +67,7 @@ impl SlotTable {
             Some(r) => r,
             None => {
                 let r = self.rows.len();
-                let grown = (r + 1).next_power_of_two();
+                let grown = grown_capacity(r + 1);
                 engine.resize(grown)?;
                 self.rows.resize(grown, None);
                 r
@@ -81,5 +92,19 @@ impl SlotTable {
             .enumerate()
             .map(|(r, s)| s.is_some_and(|id| ready(r, id)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grown_capacity;
+
+    #[test]
+    fn capacities_are_powers_of_two_then_multiples_of_1024() {
+        let caps: Vec<usize> = [1, 2, 3, 5, 17, 1000, 1024, 1025, 5000, 10_000]
+            .iter()
+            .map(|&n| grown_capacity(n))
+            .collect();
+        assert_eq!(caps, [1, 2, 4, 8, 32, 1024, 1024, 2048, 5120, 10_240]);
     }
 }
