@@ -10,8 +10,6 @@
 //! Times: frame `t` is hop `t`, spanning `[t·hop, (t+1)·hop)` samples. An event over frames
 //! `t0..t1` (t1 exclusive) has `onset = t0·hop/rate`, `offset = t1·hop/rate`.
 
-use std::collections::BTreeMap;
-
 use anyhow::{bail, Result};
 use serde::Serialize;
 
@@ -260,15 +258,6 @@ impl EventDetector {
             st.active = false;
             st.announced = false;
         }
-    }
-
-    /// Label → smoothed score of the last frame.
-    pub fn smoothed_map(&self) -> BTreeMap<&str, f32> {
-        self.labels
-            .iter()
-            .map(String::as_str)
-            .zip(self.smoothed.iter().copied())
-            .collect()
     }
 }
 

@@ -20,10 +20,6 @@ impl Framer {
         }
     }
 
-    pub fn hop(&self) -> usize {
-        self.hop
-    }
-
     /// Adds samples.
     pub fn push(&mut self, samples: &[f32]) {
         if self.start > 0 && self.start >= self.buf.len() / 2 {
@@ -31,11 +27,6 @@ impl Framer {
             self.start = 0;
         }
         self.buf.extend_from_slice(samples);
-    }
-
-    /// Number of whole hops ready.
-    pub fn ready(&self) -> usize {
-        (self.buf.len() - self.start) / self.hop
     }
 
     /// Takes the next whole hop, if there is one.

@@ -52,10 +52,6 @@ impl Conditioner {
         self.framer.next_hop()
     }
 
-    pub fn ready(&self) -> usize {
-        self.framer.ready()
-    }
-
     /// Seconds of real (unpadded) audio at the model rate.
     pub fn seconds(&self) -> f64 {
         self.real_samples as f64 / self.resampler.rate_out() as f64

@@ -108,9 +108,6 @@ impl MonoResampler {
         })
     }
 
-    pub fn rate_in(&self) -> u32 {
-        self.rate_in
-    }
     pub fn rate_out(&self) -> u32 {
         self.rate_out
     }

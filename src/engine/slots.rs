@@ -51,10 +51,6 @@ impl SlotTable {
         self.rows.iter().position(|r| *r == Some(id))
     }
 
-    pub fn stream_at(&self, row: usize) -> Option<StreamId> {
-        self.rows.get(row).copied().flatten()
-    }
-
     /// Places `id` in a free row (growing `engine` if needed) with a zeroed state.
     pub fn join(&mut self, engine: &mut Engine, id: StreamId) -> Result<usize> {
         if let Some(r) = self.row_of(id) {
