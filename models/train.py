@@ -44,24 +44,12 @@ if REPO not in sys.path:
 sys.path.insert(0, os.path.join(REPO, "models", "data"))
 
 from models.mamba import MambaConfig, MambaTagger  # noqa: E402
-from models.thresholds import tune_thresholds_frames  # noqa: E402
+from models.metrics import average_precision, tune_thresholds_frames  # noqa: E402
 import pool as poolmod  # noqa: E402
 import scenes  # noqa: E402
 
 SR = 16000
 HOP = 160
-
-
-def average_precision(y: np.ndarray, s: np.ndarray) -> float:
-    """AP (area under the precision-recall curve, step-wise; sklearn's definition)."""
-    y = np.asarray(y).astype(bool)
-    if y.sum() == 0:
-        return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    y = y[order]
-    tp = np.cumsum(y)
-    prec = tp / np.arange(1, len(y) + 1)
-    return float((prec * y).sum() / y.sum())
 
 
 def param_groups(model, wd):

@@ -53,7 +53,7 @@ REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from models.thresholds import tune_thresholds_frames  # noqa: E402
+from models.metrics import average_precision, tune_thresholds_frames  # noqa: E402
 sys.path.insert(0, os.path.join(REPO, "models", "data"))
 sys.path.insert(0, HERE)
 
@@ -64,19 +64,6 @@ MIN_CLIP_S = 1.0
 
 
 # ----------------------------------------------------------------------------- metrics
-
-def average_precision(y, s) -> float:
-    """Step-wise AP (sklearn's average_precision_score)."""
-    y = np.asarray(y).astype(bool)
-    s = np.asarray(s, dtype=np.float64)
-    if y.sum() == 0:
-        return float("nan")
-    order = np.argsort(-s, kind="mergesort")
-    y = y[order]
-    tp = np.cumsum(y)
-    prec = tp / np.arange(1, len(y) + 1)
-    return float((prec * y).sum() / y.sum())
-
 
 def bootstrap_ap(y, s, n=200, seed=0):
     rng = np.random.default_rng(seed)

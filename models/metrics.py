@@ -1,8 +1,21 @@
-"""Per-class decision thresholds from frame scores (shared by training and evaluation)."""
+"""Metrics shared by training and evaluation: average precision and per-class thresholds."""
 
 from __future__ import annotations
 
 import numpy as np
+
+
+def average_precision(y, s) -> float:
+    """Step-wise AP, sklearn's ``average_precision_score``; NaN when there is no positive."""
+    y = np.asarray(y).astype(bool)
+    s = np.asarray(s, dtype=np.float64)
+    if y.sum() == 0:
+        return float("nan")
+    order = np.argsort(-s, kind="mergesort")
+    y = y[order]
+    tp = np.cumsum(y)
+    prec = tp / np.arange(1, len(y) + 1)
+    return float((prec * y).sum() / y.sum())
 
 
 def tune_thresholds_frames(s: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, float]:
