@@ -173,6 +173,7 @@ where
         let frame_s = info.hop_seconds();
         let mut updates = Vec::new();
         let mut advance = vec![false; engine.capacity()];
+        let mut valid = vec![0usize; lane_state.len()];
         let need = t_call * hop;
         loop {
             // Fill every lane with T hops, or learn that its input ended.
@@ -210,7 +211,7 @@ where
             }
             // Which lanes step, and with how many real hops.
             let mut any = false;
-            let mut valid = vec![0usize; lane_state.len()];
+            valid.fill(0);
             for (k, lane) in lane_state.iter_mut().enumerate() {
                 advance[k] = false;
                 if lane.job.is_none() {
