@@ -59,8 +59,12 @@ SPEECH_CAP_VAL_PACKAGE_S = 360.0      # the held-out speech package (asterisk fr
 VAL_MUSIC_S = 12.0                    # validation music clips are 12 s excerpts
 HYDROGEN_MAX_FILES = 120              # single drum hits: enough is enough
 DISTRACTOR_CAP_S = 600.0
+MINED_TOTAL_S = 120.0                 # per long recording cut into teacher-confirmed pieces
+CLASSES = ["speech", "music", "animal", "alarm", "vehicle", "tools", "impact", "weather"]
 SYNTH = {"speech_n": 260, "music_n": 55, "music_s": 18.0, "alarm_n": 70, "alarm_s": 6.0,
-         "weather_n": 36, "weather_s": 15.0}
+         "weather_n": 36, "weather_s": 15.0,
+         # impact / tools: many candidates, kept only where the teacher hears the intended class
+         "impact_try": 500, "impact_s": 3.0, "tools_try": 800, "tools_s": 6.0, "vet_min": 0.3}
 BITRATE = {"speech": "16k", "default": "24k"}
 
 
@@ -196,15 +200,23 @@ def label_files() -> list[dict]:
                     continue
                 labels = list(rule.get("labels", []))
                 g = group_key(pkg, rel)
-                if pkg in cfg["val_packages"]:
+                if rule.get("train_only", False):
+                    split = "train"      # mined with the teacher: never scored in validation
+                elif pkg in cfg["val_packages"]:
                     split = "val"
                 else:
                     frac = cfg["val_fraction"] if (not labels or labels[0] in ("speech", "music")) \
                         else cfg["val_fraction_small"]
                     split = "val" if hash01(g) < frac else "train"
-                recs.append({"pkg": pkg, "path": rel, "labels": labels, "role": rule["role"],
-                             "loop": bool(rule.get("loop", False)), "group": g, "split": split,
-                             "synthetic": False})
+                rec = {"pkg": pkg, "path": rel, "labels": labels, "role": rule["role"],
+                       "loop": bool(rule.get("loop", False)), "group": g, "split": split,
+                       "synthetic": False}
+                if rule.get("teacher_min") is not None:
+                    rec["teacher_min"] = float(rule["teacher_min"])
+                    rec["mined"] = True
+                elif rule.get("train_only", False):
+                    rec["mined"] = True
+                recs.append(rec)
     return recs
 
 
@@ -288,13 +300,51 @@ def trim_silence(x: np.ndarray, thr_db: float = -50.0) -> np.ndarray:
     return x[max(0, nz[0] - 160): nz[-1] + 160]
 
 
+def teacher_segments(x: np.ndarray, scores: dict, cls: str, thr: float, max_s: float,
+                     total_s: float) -> list[np.ndarray]:
+    """Pieces of x where the teacher's patch score for `cls` is >= thr: each 0.96 s patch that
+    passes marks its window, touching windows merge, pieces are cut to <= max_s and at most
+    total_s seconds are kept per file (in time order)."""
+    k = CLASSES.index(cls)
+    s = np.array(scores["scores"])[:, k]
+    ends = np.array(scores["patch_end_s"])
+    on = np.zeros(len(x) // 160 + 1, bool)
+    for e, v in zip(ends, s):
+        if v >= thr:
+            on[max(0, int((e - 0.975) * 100)):int(e * 100)] = True
+    out, used = [], 0.0
+    idx = np.flatnonzero(np.diff(np.concatenate([[0], on.astype(np.int8), [0]])))
+    for a, b in zip(idx[::2], idx[1::2]):
+        for c in range(a, b, int(max_s * 100)):
+            d = min(b, c + int(max_s * 100))
+            if d - c < 100 or used >= total_s:   # pieces under 1 s are dropped
+                continue
+            out.append(x[c * 160:d * 160])
+            used += (d - c) / 100
+    return out
+
+
 def _decode_job(args):
-    r, xdir = args
+    r, xdir, tscores = args
     full = os.path.join(xdir, r["pkg"], r["path"])
     try:
         x = decode_any(full)
     except Exception as e:  # noqa: BLE001
-        return r, None, str(e)
+        return [(r, None, str(e))]
+    if r.get("teacher_min") is not None:
+        pieces = teacher_segments(x, tscores, r["labels"][0], r["teacher_min"], MAX_CLIP_S["other"],
+                                  MINED_TOTAL_S)
+        out = []
+        for j, p in enumerate(pieces):
+            rr = dict(r, path=f"{r['path']}#{j}")
+            rr.pop("teacher_min")
+            p = p / max(np.abs(p).max(), 1e-6) * 0.9
+            out.append((rr, p.astype(np.float32), None))
+        return out or [(r, None, "no teacher-confirmed segment")]
+    return [_decode_one(r, x)]
+
+
+def _decode_one(r, x):
     x = trim_silence(x)
     kind = "speech" if "speech" in r["labels"] else ("music" if "music" in r["labels"] else
                                                       ("distractor" if r["role"] == "distractor" else
@@ -327,10 +377,37 @@ def synth_records(rng: np.random.Generator) -> list[tuple[dict, np.ndarray]]:
         a, desc = synth.synth_weather(rng, SYNTH["weather_s"])
         out.append(({"pkg": "synth:generated", "path": desc, "labels": ["weather"], "role": "event",
                      "loop": True, "split": "train", "synthetic": True}, a))
+    out += vetted_synth(rng)
     for i, (r, a) in enumerate(out):
         r["group"] = f"{r['pkg']}:{i}"
         m = max(np.abs(a).max(), 1e-6)
         out[i] = (r, (a / m * 0.9).astype(np.float32))
+    return out
+
+
+def vetted_synth(rng: np.random.Generator) -> list[tuple[dict, np.ndarray]]:
+    """Synthetic impacts and tools (synth.synth_impact / synth_tools), kept only where the YAMNet
+    teacher's score for the intended class is >= vet_min and the highest of the six small
+    classes: a listening proxy that drops the renderings that do not sound like the class."""
+    sys.path.insert(0, os.path.join(REPO, "models", "eval"))
+    import yamnet_baseline as yb
+    ym = yb.YamNet(threads=1)
+    out = []
+    for cls, fn, n, sec in (("impact", synth.synth_impact, SYNTH["impact_try"], SYNTH["impact_s"]),
+                            ("tools", synth.synth_tools, SYNTH["tools_try"], SYNTH["tools_s"])):
+        k = CLASSES.index(cls)
+        kept = 0
+        for _ in range(n):
+            a, desc = fn(rng, sec)
+            sc, _ = ym.scores(a * 0.5)
+            mx = sc.max(0)
+            if mx[k] >= SYNTH["vet_min"] and mx[k] >= mx[2:].max():
+                a = trim_silence(a)
+                out.append(({"pkg": "synth:generated", "path": f"{desc} (teacher {mx[k]:.2f})", "labels": [cls],
+                             "role": "event", "loop": False, "split": "train", "synthetic": True,
+                             "teacher_vetted": True}, a))
+                kept += 1
+        print(f"[bundle] synthetic {cls}: kept {kept} of {n} (teacher-vetted)", flush=True)
     return out
 
 
@@ -419,9 +496,16 @@ def bundle(args) -> None:
     items = []
     used_s = {}
     errors = []
-    jobs = [(r, xdir) for r in recs]
+    tsc = {}
+    if any(r.get("teacher_min") is not None for r in recs):
+        import mine
+        if not os.path.exists(mine.OUT):
+            raise SystemExit(f"{mine.OUT} missing: run `python3 models/data/mine.py score` first")
+        tsc = mine.load_scores()
+    jobs = [(r, xdir, tsc.get(f"{r['pkg']}/{r['path']}")) for r in recs]
     with ProcessPoolExecutor(max_workers=args.jobs) as ex:
-        for r, x, err in ex.map(_decode_job, jobs, chunksize=16):
+        results = [t for lst in ex.map(_decode_job, jobs, chunksize=16) for t in lst]
+        for r, x, err in results:
             if x is None:
                 errors.append((r["pkg"], r["path"], err))
                 continue

@@ -289,3 +289,133 @@ def synth_weather(rng: np.random.Generator, seconds: float) -> tuple[np.ndarray,
         kind = "wind"
     x = x.astype(np.float32)
     return x / (np.abs(x).max() + 1e-9) * 0.7, f"synthetic {kind}"
+
+
+# ---------------------------------------------------------------- impacts and tools (physical-ish)
+
+def _modal_hit(rng: np.random.Generator, n: int, material: str) -> np.ndarray:
+    """One struck object: a short broadband contact burst plus damped resonant modes.
+    material: wood (low, fast decay), metal (high, inharmonic, long ring), glass (very high,
+    bright, shattering tail of small fragments), thud (low body, very fast)."""
+    t = np.arange(n) / SR
+    if material == "wood":
+        f0, nm, dec, ratio = rng.uniform(150, 700), 4, rng.uniform(0.02, 0.08), [1.0, 2.6, 4.1, 5.9]
+    elif material == "metal":
+        f0, nm, dec, ratio = rng.uniform(300, 2500), 6, rng.uniform(0.15, 0.8), [1.0, 2.76, 5.4, 8.93, 13.3, 17.8]
+    elif material == "glass":
+        f0, nm, dec, ratio = rng.uniform(1500, 4500), 5, rng.uniform(0.05, 0.2), [1.0, 1.6, 2.3, 3.1, 4.4]
+    else:  # thud
+        f0, nm, dec, ratio = rng.uniform(50, 180), 3, rng.uniform(0.03, 0.12), [1.0, 1.9, 3.2]
+    x = np.zeros(n, np.float64)
+    for k in range(nm):
+        fk = f0 * ratio[k] * rng.uniform(0.97, 1.03)
+        if fk > 7800:
+            continue
+        x += rng.uniform(0.2, 1.0) / (k + 1) ** 0.5 * np.sin(2 * np.pi * fk * t + rng.uniform(0, 6)) * \
+            np.exp(-t / (dec * rng.uniform(0.5, 1.2) / (1 + 0.3 * k)))
+    burst_len = int(rng.uniform(0.002, 0.02) * SR)
+    burst = colored_noise(rng, max(burst_len, 8), rng.uniform(0, 1.5))[:n] * np.exp(-np.arange(min(burst_len, n)) / max(1, burst_len / 4))
+    x[:len(burst)] += rng.uniform(0.5, 2.0) * burst
+    if material == "glass" and rng.random() < 0.8:   # fragments
+        for _ in range(int(rng.integers(5, 40))):
+            p = int(rng.integers(0, max(1, n - 400)))
+            fr = rng.uniform(2500, 7500)
+            m = min(400, n - p)
+            tt = np.arange(m) / SR
+            x[p:p + m] += rng.uniform(0.05, 0.4) * np.sin(2 * np.pi * fr * tt) * np.exp(-tt / rng.uniform(0.003, 0.02))
+    return (x / (np.abs(x).max() + 1e-9)).astype(np.float32)
+
+
+def synth_impact(rng: np.random.Generator, seconds: float) -> tuple[np.ndarray, str]:
+    """Knocks (2-4 quick wooden hits), slams/thuds, metal clangs, glass breaking, crashes
+    (several overlapping hits with a noise tail) and explosions (low boom + long rumble)."""
+    n = int(seconds * SR)
+    x = np.zeros(n, np.float32)
+    kind = ["knock", "slam", "clang", "shatter", "crash", "explosion"][rng.integers(6)]
+    if kind == "knock":
+        p = int(rng.uniform(0.05, 0.3) * SR)
+        for _ in range(int(rng.integers(2, 5))):
+            h = _modal_hit(rng, min(int(0.3 * SR), n - p), "wood")
+            x[p:p + len(h)] += h * rng.uniform(0.6, 1.0)
+            p += int(rng.uniform(0.12, 0.3) * SR)
+            if p >= n - 100:
+                break
+    elif kind in ("slam", "clang", "shatter"):
+        mat = {"slam": "thud", "clang": "metal", "shatter": "glass"}[kind]
+        p = int(rng.uniform(0.05, 0.3) * SR)
+        h = _modal_hit(rng, n - p, mat)
+        x[p:] += h
+        if kind == "slam":
+            x[p:] += 0.5 * _modal_hit(rng, n - p, "wood")
+    elif kind == "crash":
+        p0 = int(rng.uniform(0.05, 0.3) * SR)
+        for _ in range(int(rng.integers(4, 12))):
+            p = p0 + int(rng.uniform(0, 0.6) * SR)
+            if p >= n - 100:
+                continue
+            h = _modal_hit(rng, n - p, ["metal", "glass", "wood", "thud"][rng.integers(4)])
+            x[p:] += h * rng.uniform(0.3, 1.0)
+        tail = colored_noise(rng, n - p0, rng.uniform(0.5, 1.5)) * np.exp(-np.arange(n - p0) / (rng.uniform(0.2, 0.6) * SR))
+        x[p0:] += 0.5 * tail
+    else:
+        p = int(rng.uniform(0.05, 0.3) * SR)
+        m = n - p
+        tt = np.arange(m) / SR
+        boom = colored_noise(rng, m, 2.0) * np.exp(-tt / rng.uniform(0.3, 1.2))
+        crack = colored_noise(rng, m, 0.3) * np.exp(-tt / rng.uniform(0.01, 0.05))
+        x[p:] += boom + rng.uniform(0.3, 1.0) * crack
+    x = x.astype(np.float32)
+    return x / (np.abs(x).max() + 1e-9) * 0.7, f"synthetic {kind}"
+
+
+def synth_tools(rng: np.random.Generator, seconds: float) -> tuple[np.ndarray, str]:
+    """Hammering (periodic strikes on wood/metal), sawing (band-passed noise strokes), drilling /
+    grinding / power tools (motor harmonics + noise, with load changes), sanding/filing (fast
+    rasping noise)."""
+    n = int(seconds * SR)
+    t = np.arange(n) / SR
+    kind = ["hammer", "saw", "drill", "grinder", "rasp"][rng.integers(5)]
+    x = np.zeros(n, np.float64)
+    if kind == "hammer":
+        rate = rng.uniform(1.2, 4.0)
+        mat = "metal" if rng.random() < 0.5 else "wood"
+        p = int(rng.uniform(0.05, 0.3) * SR)
+        while p < n - 200:
+            h = _modal_hit(rng, min(int(0.6 * SR), n - p), mat)
+            x[p:p + len(h)] += h * rng.uniform(0.7, 1.0)
+            p += int(SR / rate * rng.uniform(0.85, 1.15))
+    elif kind in ("saw", "rasp"):
+        rate = rng.uniform(1.0, 3.0) if kind == "saw" else rng.uniform(4.0, 9.0)
+        noise = colored_noise(rng, n, rng.uniform(0.0, 0.8))
+        X = np.fft.rfft(noise)
+        f = np.fft.rfftfreq(n, 1 / SR)
+        fc = rng.uniform(1500, 5000) if kind == "saw" else rng.uniform(3000, 6500)
+        bw = fc * rng.uniform(0.3, 1.0)
+        X *= np.exp(-0.5 * ((f - fc) / bw) ** 2)
+        band = np.fft.irfft(X, n)
+        stroke = np.abs(np.sin(np.pi * rate * t)) ** rng.uniform(0.5, 2.0)
+        teeth = 1 + 0.6 * np.sign(np.sin(2 * np.pi * rng.uniform(60, 250) * t)) if kind == "saw" else 1.0
+        x = band * stroke * teeth
+    else:
+        f0 = rng.uniform(90, 400) if kind == "drill" else rng.uniform(150, 600)
+        # load changes: pitch sags and recovers
+        sag = 1 - rng.uniform(0.05, 0.3) * (np.sin(2 * np.pi * rng.uniform(0.1, 0.8) * t) > rng.uniform(-0.5, 0.5))
+        sag = np.convolve(sag, np.ones(800) / 800, mode="same")
+        ph = 2 * np.pi * np.cumsum(f0 * sag) / SR
+        for k in range(1, 12):
+            if f0 * k > 7800:
+                break
+            x += rng.uniform(0.2, 1.0) / k ** rng.uniform(0.5, 1.2) * np.sin(k * ph + rng.uniform(0, 6))
+        x += rng.uniform(0.2, 1.0 if kind == "grinder" else 0.5) * colored_noise(rng, n, rng.uniform(0, 1))
+        if kind == "grinder":
+            x += 0.4 * np.sin(2 * np.pi * rng.uniform(3000, 7000) * t) * (1 + np.sin(2 * np.pi * 7 * t))
+        # spin up / spin down or on/off bursts
+        env = np.ones(n)
+        if rng.random() < 0.6:
+            on = int(rng.uniform(0.1, 0.4) * SR)
+            env[:on] = np.linspace(0, 1, on)
+            off = int(rng.uniform(0.2, 0.6) * SR)
+            env[n - off:] = np.linspace(1, 0, off)
+        x *= env
+    x = x.astype(np.float32)
+    return x / (np.abs(x).max() + 1e-9) * 0.7, f"synthetic {kind}"
