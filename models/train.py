@@ -172,6 +172,14 @@ def main(argv=None):
     ap.add_argument("--wd", type=float, default=0.05)
     ap.add_argument("--warmup", type=int, default=150)
     ap.add_argument("--reset-p", type=float, default=0.15, help="per-row probability of a fresh stream")
+    ap.add_argument("--consist-w", type=float, default=1.0,
+                    help="weight of the context-consistency loss (0: off; 1.0.0 had none)")
+    ap.add_argument("--consist-seconds", type=float, default=6.0,
+                    help="the first S seconds of every step are also run from a FRESH state")
+    ap.add_argument("--consist-skip", type=float, default=1.0,
+                    help="consistency is asked for from this many seconds into the step on")
+    ap.add_argument("--fresh-bce-w", type=float, default=0.5,
+                    help="weight of the BCE on the fresh-state run's frames")
     ap.add_argument("--val-every", type=int, default=150)
     ap.add_argument("--val-scenes", type=int, default=48)
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing (less memory)")
@@ -259,9 +267,26 @@ def main(argv=None):
                 if state is not None:
                     keep = (torch.rand(x.shape[0], device=dev) >= a.reset_p).float()
                     state = {k: v.detach() * keep.view(-1, *([1] * (v.dim() - 1))).to(v.dtype) for k, v in state.items()}
+                carried = state is not None
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
                     logits, state = model(x, logits=True, state=state, return_state=True)
                 loss = F.binary_cross_entropy_with_logits(logits.float(), y[:, :logits.shape[1]])
+                lc = None
+                if carried and (a.consist_w > 0 or a.fresh_bce_w > 0):
+                    # Context consistency: the same first seconds from a zero state. Scores from
+                    # `consist_skip` s on should not depend on what the stream heard before this
+                    # step (the long-stream criterion: a probe matches a fresh-state run), and the
+                    # fresh-state frames get their own BCE (every stream and clip starts fresh).
+                    W = min(logits.shape[1], int(a.consist_seconds * SR) // HOP)
+                    k0 = min(W - 1, int(a.consist_skip * SR) // HOP)
+                    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+                        lf = model(x[:, :W * HOP], logits=True)
+                    lf = lf.float()
+                    if a.fresh_bce_w > 0:
+                        loss = loss + a.fresh_bce_w * F.binary_cross_entropy_with_logits(lf, y[:, :W])
+                    if a.consist_w > 0:
+                        lc = (torch.sigmoid(logits[:, k0:W].float()) - torch.sigmoid(lf[:, k0:W])).abs().mean()
+                        loss = loss + a.consist_w * lc
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             except torch.cuda.OutOfMemoryError:
@@ -285,6 +310,7 @@ def main(argv=None):
             ema = lv if ema is None else 0.98 * ema + 0.02 * lv
             if step % 25 == 0 or step <= 3:
                 log({"step": step, "loss": round(lv, 4), "loss_ema": round(ema, 4), "lr": round(lr, 6),
+                     "consist": None if lc is None else round(float(lc.item()), 4),
                      "gnorm": round(float(gn), 3), "elapsed": round(time.time() - t0, 1),
                      "step_s": round((time.time() - t0) / step, 3), "queue": prod.q.qsize()})
             if step % a.val_every == 0:

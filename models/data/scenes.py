@@ -24,7 +24,9 @@ HOP = 160
 
 
 class SceneMixer:
-    def __init__(self, pool, device="cpu", bank_dtype=None, distractor_p: float = 0.2):
+    def __init__(self, pool, device="cpu", bank_dtype=None, distractor_p: float = 0.2,
+                 max_synthetic_share: float = 0.5, train_speed_p: float = 0.4,
+                 train_speed_range: tuple[float, float] = (0.85, 1.18)):
         self.pool = pool
         self.device = torch.device(device)
         self.C = len(pool.classes)
@@ -40,6 +42,15 @@ class SceneMixer:
         self.backgrounds = pool.indices("background")
         self.distractor_p = distractor_p if len(self.distractors) else 0.0
         self.present = [c for c in range(self.C) if len(self.by_class[c])]
+        # train mode: a class's synthetic clips get at most `max_synthetic_share` of its picks
+        # (1.0.0 drew uniformly over all clips of the class: 56-64% synthetic alarm/weather).
+        # Eval mode keeps the 1.0.0 draw exactly (same rng calls, so the same validation scenes).
+        syn = np.array([bool(m.get("synthetic", False)) for m in pool.meta]) if len(pool.meta) else np.zeros(0, bool)
+        self.by_class_real = [ix[~syn[ix]] for ix in self.by_class]
+        self.by_class_syn = [ix[syn[ix]] for ix in self.by_class]
+        self.max_synthetic_share = max_synthetic_share
+        self.train_speed_p = train_speed_p
+        self.train_speed_range = train_speed_range
 
     @staticmethod
     def _active_rms(a, m):
@@ -174,10 +185,18 @@ class SceneMixer:
             for kind, want_s in plan:
                 if self.present and rng.random() >= self.distractor_p:
                     c = self.present[int(rng.integers(len(self.present)))]
-                    i = int(rng.choice(self.by_class[c]))
+                    if mode == "train" and len(self.by_class_syn[c]) and len(self.by_class_real[c]):
+                        share = min(self.max_synthetic_share, len(self.by_class_syn[c]) / len(self.by_class[c]))
+                        grp = self.by_class_syn[c] if rng.random() < share else self.by_class_real[c]
+                        i = int(rng.choice(grp))
+                    else:
+                        i = int(rng.choice(self.by_class[c]))
                 else:
                     i = int(rng.choice(self.distractors))
-                speed = float(rng.uniform(0.88, 1.12)) if rng.random() < 0.25 else 1.0
+                if mode == "train":
+                    speed = float(rng.uniform(*self.train_speed_range)) if rng.random() < self.train_speed_p else 1.0
+                else:
+                    speed = float(rng.uniform(0.88, 1.12)) if rng.random() < 0.25 else 1.0
                 a, m = self._clip(i, rng, want_s, speed)
                 n = len(a)
                 if mode == "train":

@@ -49,3 +49,42 @@ def test_scene_targets_follow_events():
         for c, on, off, _ in ev[b]:
             t_on = int(round(on * 100)) - 1
             assert y[b, t_on, c] == 1 and off > on
+
+
+def test_teacher_segments_cut_confident_pieces():
+    sys.path.insert(0, str(ROOT / "models" / "data"))
+    import build
+
+    x = np.arange(16000 * 10, dtype=np.float32)
+    # patches every 0.48 s; only those ending at 3.375, 3.855, 4.335 s are confident for "animal"
+    ends = [0.975 + 0.48 * k for k in range(19)]
+    sc = [[0.0] * 8 for _ in ends]
+    for k, e in enumerate(ends):
+        if 2.9 < e < 4.4:
+            sc[k][2] = 0.9
+    pieces = build.teacher_segments(x, {"scores": sc, "patch_end_s": ends}, "animal", 0.5, 20.0, 120.0)
+    assert len(pieces) == 1
+    p = pieces[0]
+    assert abs(p[0] / 16000 - (3.375 - 0.975)) < 0.02 and abs((p[-1] + 1) / 16000 - 4.335) < 0.02
+    # max piece length and the per-file total are respected; pieces under 1 s are dropped
+    sc2 = [[0.0, 0, 0.9, 0, 0, 0, 0, 0] for _ in ends]
+    pieces = build.teacher_segments(x, {"scores": sc2, "patch_end_s": ends}, "animal", 0.5, 3.0, 5.0)
+    assert all(len(q) <= 3 * 16000 for q in pieces) and sum(len(q) for q in pieces) <= 6 * 16000
+
+
+def test_synthetic_share_cap_train_only():
+    sys.path.insert(0, str(ROOT / "models" / "data"))
+    import pool
+    import scenes
+
+    p = pool.fake_pool(seed=4, per_class=4)
+    # the first clip of every class is "real", the other three synthetic
+    for i, m in enumerate(p.meta):
+        m["synthetic"] = not (i % 4 == 0) if i < 32 else False
+    mixer = scenes.SceneMixer(p, max_synthetic_share=0.5)
+    assert all(len(r) == 1 and len(s) == 3 for r, s in zip(mixer.by_class_real, mixer.by_class_syn))
+    # eval mode draws exactly as before (same rng stream as a mixer without the cap)
+    ref = scenes.SceneMixer(p, max_synthetic_share=1.0)
+    a = mixer.generate(2, 16000 * 5, np.random.default_rng(9), mode="eval")
+    b = ref.generate(2, 16000 * 5, np.random.default_rng(9), mode="eval")
+    assert a[2] == b[2]
