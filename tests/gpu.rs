@@ -3,6 +3,9 @@
 //! tests/engine.rs (`device_style_row_copies_behave_the_same`).
 //!
 //! Model: `$MAMBATAG_GPU_MODEL`, else models/default when present, else models/test-tiny.
+//! GPU graph: `$MAMBATAG_GPU_KERNELS` (`auto` = the fused graph, default; `onnx`; `fused`). The
+//! CPU reference is always the standard-operator graph, so the fused CUDA kernels are checked
+//! against independent arithmetic.
 
 mod common;
 
@@ -10,10 +13,10 @@ use std::path::PathBuf;
 
 use common::*;
 use mambatag::engine::slots::SlotTable;
-use mambatag::engine::{Device, Engine, EngineOptions};
+use mambatag::engine::{Device, Engine, EngineOptions, Kernels};
 use mambatag::model::ModelPackage;
 
-fn model() -> PathBuf {
+fn package() -> ModelPackage {
     let p = std::env::var_os("MAMBATAG_GPU_MODEL")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -24,15 +27,35 @@ fn model() -> PathBuf {
                 tiny_model()
             }
         });
-    ModelPackage::locate(&p).unwrap().step
+    ModelPackage::locate(&p).unwrap()
+}
+
+fn gpu_kernels() -> Kernels {
+    match std::env::var("MAMBATAG_GPU_KERNELS").as_deref() {
+        Ok("onnx") => Kernels::Onnx,
+        Ok("fused") => Kernels::Fused,
+        _ => Kernels::Auto,
+    }
+}
+
+fn options(device: Device) -> EngineOptions {
+    EngineOptions {
+        device,
+        kernels: if device == Device::Cpu {
+            Kernels::Onnx
+        } else {
+            gpu_kernels()
+        },
+        cuda: mambatag::engine::CudaOptions {
+            cuda_graph: std::env::var_os("MAMBATAG_GPU_CUDA_GRAPH").is_some(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
 }
 
 fn load(device: Device, cap: usize) -> Engine {
-    let opts = EngineOptions {
-        device,
-        ..Default::default()
-    };
-    Engine::load(&model(), &opts, cap, 1).expect("load model")
+    Engine::load(&package().step, &options(device), cap, 1).expect("load model")
 }
 
 /// Deterministic test audio: tones, chirps and noise bursts, hop by hop.
@@ -167,5 +190,54 @@ fn gpu_batch_growth_mid_stream_matches_cpu() {
     }
     assert_eq!(gpu.capacity(), 16);
     println!("batch growing 1 → 4 → 16 mid-stream, GPU vs CPU: max abs difference {max:e}");
+    assert!(max <= 1e-3, "{max}");
+}
+
+/// The chunk graph on the GPU (fused: one MambaSsm launch walks all T hops per call) against
+/// the CPU standard step graph, 4 rows of different audio, 2,000 frames = 8 calls of T = 250.
+#[test]
+#[ignore = "needs a GPU (--features cuda)"]
+fn gpu_chunk_matches_cpu_step() {
+    let pkg = package();
+    let Some(chunk) = pkg.chunk.as_ref() else {
+        println!("no chunk graph in this package; skipped");
+        return;
+    };
+    let (rows, t_len, calls) = (4, 250, 8);
+    let mut cpu = load(Device::Cpu, rows);
+    // no CUDA graphs here: the standard chunk graph's Scan cannot be captured
+    let mut opts = options(Device::Cuda);
+    opts.cuda.cuda_graph = false;
+    let mut gpu = Engine::load(chunk, &opts, rows, t_len).expect("load chunk");
+    assert_eq!(gpu.device(), Device::Cuda);
+    let labels = cpu.info().num_labels();
+    let mut max = 0.0f32;
+    let mut buf = vec![0.0; 160];
+    for c in 0..calls {
+        let mut want = vec![Vec::new(); rows];
+        for k in 0..t_len {
+            let t = c * t_len + k;
+            for r in 0..rows {
+                hop_audio(t, r, &mut buf);
+                cpu.input_mut(r).copy_from_slice(&buf);
+                gpu.input_mut(r)[k * 160..(k + 1) * 160].copy_from_slice(&buf);
+            }
+            cpu.run(&[true; 4]).unwrap();
+            for (r, w) in want.iter_mut().enumerate() {
+                w.extend_from_slice(cpu.scores(r));
+            }
+        }
+        gpu.run(&[true; 4]).unwrap();
+        for (r, w) in want.iter().enumerate() {
+            let got = gpu.scores(r);
+            assert_eq!(got.len(), t_len * labels);
+            for (a, b) in w.iter().zip(got) {
+                max = max.max((a - b).abs());
+            }
+        }
+    }
+    println!(
+        "chunk graph on GPU vs CPU step graph, 4 rows x 2000 frames: max abs difference {max:e}"
+    );
     assert!(max <= 1e-3, "{max}");
 }

@@ -21,6 +21,8 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
         model: a.path.clone(),
         device: Default::default(),
         threads: 1,
+        // each file below is loaded as itself (no swap to its fused sibling)
+        kernels: mambatag::engine::Kernels::Onnx,
         cuda_graph: false,
         tf32: false,
         cuda_device: 0,
@@ -28,6 +30,15 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
     let pkg = margs.package()?;
     let mut graphs = vec![pkg.step.clone()];
     graphs.extend(pkg.chunk.clone());
+    // fused-operator variants shipped next to them
+    let fused: Vec<_> = graphs
+        .iter()
+        .filter_map(|g| {
+            let f = g.with_file_name(format!("{}-fused.onnx", g.file_stem()?.to_str()?));
+            f.is_file().then_some(f)
+        })
+        .collect();
+    graphs.extend(fused);
     let mut infos = Vec::new();
     for g in &graphs {
         let e = Engine::load(g, &margs.engine_options(), 1, 1)?;

@@ -56,6 +56,7 @@ pub fn run(a: ListenArgs) -> Result<ExitCode> {
         model: Some(Spanned::new(0..0, model)),
         device: Some(Spanned::new(0..0, a.model.device)),
         threads: a.model.threads,
+        kernels: a.model.kernels,
         cuda: a.model.engine_options().cuda,
         api: ApiConfig {
             listen: Spanned::new(0..0, String::new()),

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use anyhow::{anyhow, Result};
 use clap::Args;
 
-use mambatag::engine::{CudaOptions, Device, EngineOptions};
+use mambatag::engine::{CudaOptions, Device, EngineOptions, Kernels};
 use mambatag::model::ModelPackage;
 
 /// Options shared by every subcommand that runs a model.
@@ -25,6 +25,10 @@ pub struct ModelArgs {
     /// ONNX Runtime intra-op threads per engine.
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Graph to run: the package's fused-operator graph (auto: when it has one) or the
+    /// standard-ONNX one.
+    #[arg(long, value_enum, default_value_t = Kernels::Auto)]
+    pub kernels: Kernels,
     /// CUDA: capture and replay the step as a CUDA graph (fixed shapes per batch size).
     #[arg(long)]
     pub cuda_graph: bool,
@@ -65,6 +69,7 @@ impl ModelArgs {
         EngineOptions {
             device: self.device,
             threads: self.threads,
+            kernels: self.kernels,
             cuda: CudaOptions {
                 device_id: self.cuda_device,
                 tf32: self.tf32,

@@ -40,6 +40,9 @@ pub struct Config {
     /// ONNX Runtime intra-op threads.
     #[serde(default = "one")]
     pub threads: usize,
+    /// `auto` (the package's fused-operator graph when it has one), `onnx` or `fused`.
+    #[serde(default)]
+    pub kernels: crate::engine::Kernels,
     /// CUDA execution provider settings (`device = "cuda"` or `"auto"`).
     #[serde(default)]
     pub cuda: crate::engine::CudaOptions,

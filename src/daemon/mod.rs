@@ -92,6 +92,7 @@ fn engine_options(loaded: &Loaded) -> EngineOptions {
     EngineOptions {
         device: loaded.device(),
         threads: loaded.config.threads,
+        kernels: loaded.config.kernels,
         cuda: loaded.config.cuda.clone(),
         ..Default::default()
     }

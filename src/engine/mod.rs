@@ -10,6 +10,7 @@
 //! Slot management (which stream sits in which row, growing `B` in powers of two) is
 //! [`slots::SlotTable`]; this type only owns the tensors.
 
+pub mod fused;
 pub mod slots;
 
 use std::path::Path;
@@ -46,6 +47,30 @@ pub enum Device {
     Auto,
 }
 
+/// Which graph of a model package runs: the standard-op one or the one with the fused Mamba
+/// operators (`step-fused.onnx` / `chunk-fused.onnx`, see [`fused`]).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Kernels {
+    /// The fused graph when the package has one, else the standard graph.
+    #[default]
+    Auto,
+    /// Only standard ONNX operators (runs on any ONNX runtime).
+    Onnx,
+    /// The fused graph; an error if the package has none.
+    Fused,
+}
+
 /// CUDA execution provider settings (used with `--features cuda`).
 #[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -62,6 +87,7 @@ pub struct EngineOptions {
     pub device: Device,
     /// ONNX Runtime intra-op threads per engine. One gives the steadiest latency.
     pub threads: usize,
+    pub kernels: Kernels,
     pub cuda: CudaOptions,
     /// Touch state rows only through ONNX Runtime copies, as on a GPU (tests run the device
     /// code path on the CPU EP with this).
@@ -73,6 +99,7 @@ impl Default for EngineOptions {
         Self {
             device: Device::Cpu,
             threads: 1,
+            kernels: Kernels::default(),
             cuda: CudaOptions::default(),
             force_device_row_ops: false,
         }
@@ -136,6 +163,8 @@ impl Engine {
         frames_per_call: usize,
     ) -> Result<Self> {
         let rt = crate::runtime::init()?;
+        let graph = graph_for(path, opts.kernels)?;
+        let path = graph.as_path();
         let (session, device) = build_session(&rt, path, opts)?;
         let info = ModelInfo::from_session(&session, path)?;
         let frames_per_call = match info.graph {
@@ -568,6 +597,33 @@ impl Tensors {
     }
 }
 
+/// The graph file that runs for `path` (a standard graph such as `step.onnx`) under `kernels`:
+/// its fused sibling (`step-fused.onnx`) when allowed and present.
+pub fn graph_for(path: &Path, kernels: Kernels) -> Result<std::path::PathBuf> {
+    let fused = fused_sibling(path);
+    match (kernels, fused) {
+        (Kernels::Onnx, _) | (Kernels::Auto, None) => Ok(path.to_path_buf()),
+        (Kernels::Auto | Kernels::Fused, Some(f)) if f.is_file() => Ok(f),
+        (Kernels::Auto, Some(_)) => Ok(path.to_path_buf()),
+        (Kernels::Fused, f) => bail!(
+            "{}: --kernels fused, but there is no fused graph {} next to it (export one with \
+             `python3 -m models.export ... --fused`, or use --kernels onnx)",
+            path.display(),
+            f.map(|f| f.display().to_string())
+                .unwrap_or_else(|| "(not a .onnx file)".into())
+        ),
+    }
+}
+
+/// `dir/step.onnx` -> `dir/step-fused.onnx` (`None` if `path` is already fused or not `.onnx`).
+fn fused_sibling(path: &Path) -> Option<std::path::PathBuf> {
+    let stem = path.file_stem()?.to_str()?;
+    if path.extension()? != "onnx" || stem.ends_with("-fused") {
+        return None;
+    }
+    Some(path.with_file_name(format!("{stem}-fused.onnx")))
+}
+
 fn build_session(
     rt: &crate::runtime::Runtime,
     path: &Path,
@@ -583,10 +639,20 @@ fn build_session(
         .map_err(map)?
         .with_inter_threads(1)
         .map_err(map)?;
-    let (mut builder, device) = match opts.device {
+    let (builder, device) = match opts.device {
         Device::Cpu => (builder, Device::Cpu),
         Device::Cuda | Device::Auto => register_cuda(builder, opts, rt)?,
     };
+    // The fused operators (harmless for graphs that do not use them).
+    let cuda_id = (device == Device::Cuda).then_some(opts.cuda.device_id);
+    let mut builder = builder
+        .with_operators(fused::domain(cuda_id)?)
+        .map_err(map)?;
+    // ONNX Runtime adds a custom op domain to a process-wide table with an unguarded
+    // check-then-insert, so two sessions created at once on different threads can fail with
+    // "domain is already exist": create sessions one at a time.
+    static SESSION_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = SESSION_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let session = builder
         .commit_from_file(path)
         .with_context(|| format!("{}: cannot load model", path.display()))?;

@@ -1,0 +1,298 @@
+//! CPU kernels of the fused ops: the same arithmetic as `kernels.cu`, vectorised over the
+//! channel axis (the innermost axis of every tensor). `exp`/`ln` are branch-free Cephes
+//! polynomials (≈1e-7 relative error) so that the channel loops vectorise; the
+//! `avx2,fma`-enabled copy is picked at run time where the CPU has it.
+
+use super::{ConvDims, SsmDims};
+
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+/// 1.5 · 2^23: adding and subtracting it rounds to the nearest integer.
+const ROUND: f32 = 12_582_912.0;
+
+/// `e^x`, clamped to the normal range (`e^-87.3` … `e^88`).
+#[inline(always)]
+pub fn exp(x: f32) -> f32 {
+    let x = x.clamp(-87.3, 88.0);
+    let k = (x * LOG2E + ROUND) - ROUND;
+    let r = x - k * LN2_HI - k * LN2_LO;
+    let mut p = 1.987_569_1e-4_f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 0.166_666_65;
+    p = p * r + 0.5;
+    let y = p * r * r + r + 1.0;
+    // k is an integer in [-126, 127]: build 2^k from its exponent bits
+    // SAFETY: k is integral and within i32 range after the clamp.
+    let ki = unsafe { k.to_int_unchecked::<i32>() };
+    y * f32::from_bits(((ki + 127) << 23) as u32)
+}
+
+/// `ln x` for normal positive `x`.
+#[inline(always)]
+pub fn ln(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let e0 = ((bits >> 23) & 0xff) as i32 - 126;
+    let m0 = f32::from_bits((bits & 0x007f_ffff) | 0x3f00_0000); // [0.5, 1)
+    let small = m0 < std::f32::consts::FRAC_1_SQRT_2;
+    let e = (e0 - small as i32) as f32;
+    let m = if small { m0 + m0 - 1.0 } else { m0 - 1.0 };
+    let z = m * m;
+    let mut y = 7.037_683_6e-2_f32;
+    y = y * m - 0.115_146_1;
+    y = y * m + 0.116_769_98;
+    y = y * m - 0.124_201_41;
+    y = y * m + 0.142_493_23;
+    y = y * m - 0.166_680_57;
+    y = y * m + 0.200_007_15;
+    y = y * m - 0.249_999_94;
+    y = y * m + 0.333_333_3;
+    y = y * m * z;
+    y += LN2_LO * e;
+    y -= 0.5 * z;
+    m + y + LN2_HI * e
+}
+
+#[inline(always)]
+fn silu(x: f32) -> f32 {
+    x * (1.0 / (1.0 + exp(-x)))
+}
+
+/// `Relu(x) + Log(1 + Exp(-|x|))`, the exporter's softplus.
+#[inline(always)]
+fn softplus(x: f32) -> f32 {
+    x.max(0.0) + ln(1.0 + exp(-x.abs()))
+}
+
+/// One batch row of the conv op: `xz [T, 2E]`, `state [K-1, E]` -> `xc [T, E]`, `next [K-1, E]`.
+#[inline(always)]
+fn conv_row_impl(
+    d: &ConvDims,
+    xz: &[f32],
+    state: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    xc: &mut [f32],
+    next: &mut [f32],
+) {
+    let (t_len, e_len, k_len) = (d.t, d.e, d.k);
+    // the window of the last K-1 inputs, oldest first, rolled in place
+    next.copy_from_slice(state);
+    let mut acc = vec![0.0f32; e_len];
+    for t in 0..t_len {
+        let x = &xz[t * 2 * e_len..t * 2 * e_len + e_len];
+        acc.fill(0.0);
+        for k in 0..k_len - 1 {
+            let wk = &w[k * e_len..(k + 1) * e_len];
+            let wi = &next[k * e_len..(k + 1) * e_len];
+            for ((a, &wv), &xv) in acc.iter_mut().zip(wk).zip(wi) {
+                *a += wv * xv;
+            }
+        }
+        let wl = &w[(k_len - 1) * e_len..k_len * e_len];
+        let out = &mut xc[t * e_len..(t + 1) * e_len];
+        for ((((o, &a), &wv), &xv), &bv) in out.iter_mut().zip(&acc).zip(wl).zip(x).zip(bias) {
+            *o = silu(a + wv * xv + bv);
+        }
+        if k_len > 1 {
+            next.copy_within(e_len.., 0);
+            let n = next.len();
+            next[n - e_len..].copy_from_slice(x);
+        }
+    }
+}
+
+/// Scratch of one SSM row: dt, dt·x and y per channel.
+pub struct SsmScratch {
+    dt: Vec<f32>,
+    dtx: Vec<f32>,
+    y: Vec<f32>,
+}
+
+impl SsmScratch {
+    pub fn new(e: usize) -> Self {
+        Self {
+            dt: vec![0.0; e],
+            dtx: vec![0.0; e],
+            y: vec![0.0; e],
+        }
+    }
+}
+
+/// Per-row inputs of the SSM op (slices of one batch row).
+pub struct SsmRow<'a> {
+    pub xc: &'a [f32],
+    pub xz: &'a [f32],
+    pub dbc: &'a [f32],
+}
+
+/// Weights of the SSM op.
+pub struct SsmWeights<'a> {
+    pub dt_w: &'a [f32],
+    pub dt_b: &'a [f32],
+    pub a: &'a [f32],
+    pub d: &'a [f32],
+}
+
+#[inline(always)]
+fn ssm_row_impl(
+    dm: &SsmDims,
+    row: &SsmRow,
+    wt: &SsmWeights,
+    h0: &[f32],
+    out: &mut [f32],
+    h: &mut [f32],
+    s: &mut SsmScratch,
+) {
+    let (t_len, e_len, n_len, r_len) = (dm.t, dm.e, dm.n, dm.r);
+    let width = r_len + 2 * n_len;
+    h.copy_from_slice(h0);
+    for t in 0..t_len {
+        let dbc = &row.dbc[t * width..(t + 1) * width];
+        let x = &row.xc[t * e_len..(t + 1) * e_len];
+        let z = &row.xz[t * 2 * e_len + e_len..(t + 1) * 2 * e_len];
+        // dt = softplus(dt_low @ dt_w + dt_b)
+        s.dt.fill(0.0);
+        for (&c, wr) in dbc[..r_len].iter().zip(wt.dt_w.chunks_exact(e_len)) {
+            for (a, &wv) in s.dt.iter_mut().zip(wr) {
+                *a += c * wv;
+            }
+        }
+        for (((dt, dtx), &b), &xv) in s.dt.iter_mut().zip(s.dtx.iter_mut()).zip(wt.dt_b).zip(x) {
+            *dt = softplus(*dt + b);
+            *dtx = *dt * xv;
+        }
+        s.y.fill(0.0);
+        for n in 0..n_len {
+            let bn = dbc[r_len + n];
+            let cn = dbc[r_len + n_len + n];
+            let hn = &mut h[n * e_len..(n + 1) * e_len];
+            let an = &wt.a[n * e_len..(n + 1) * e_len];
+            for ((((hv, &av), &dt), &dtx), y) in hn
+                .iter_mut()
+                .zip(an)
+                .zip(&s.dt)
+                .zip(&s.dtx)
+                .zip(s.y.iter_mut())
+            {
+                let v = exp(dt * av) * *hv + bn * dtx;
+                *hv = v;
+                *y += cn * v;
+            }
+        }
+        let o = &mut out[t * e_len..(t + 1) * e_len];
+        for ((((ov, &yv), &xv), &dv), &zv) in o.iter_mut().zip(&s.y).zip(x).zip(wt.d).zip(z) {
+            *ov = (yv + xv * dv) * silu(zv);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn conv_row_avx2(
+    d: &ConvDims,
+    xz: &[f32],
+    state: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    xc: &mut [f32],
+    next: &mut [f32],
+) {
+    conv_row_impl(d, xz, state, w, bias, xc, next)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn ssm_row_avx2(
+    dm: &SsmDims,
+    row: &SsmRow,
+    wt: &SsmWeights,
+    h0: &[f32],
+    out: &mut [f32],
+    h: &mut [f32],
+    s: &mut SsmScratch,
+) {
+    ssm_row_impl(dm, row, wt, h0, out, h, s)
+}
+
+fn has_avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// The conv op for one batch row (see [`conv_row_impl`]).
+pub fn conv_row(
+    d: &ConvDims,
+    xz: &[f32],
+    state: &[f32],
+    w: &[f32],
+    bias: &[f32],
+    xc: &mut [f32],
+    next: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { conv_row_avx2(d, xz, state, w, bias, xc, next) };
+    }
+    conv_row_impl(d, xz, state, w, bias, xc, next)
+}
+
+/// The SSM op for one batch row.
+pub fn ssm_row(
+    dm: &SsmDims,
+    row: &SsmRow,
+    wt: &SsmWeights,
+    h0: &[f32],
+    out: &mut [f32],
+    h: &mut [f32],
+    s: &mut SsmScratch,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { ssm_row_avx2(dm, row, wt, h0, out, h, s) };
+    }
+    ssm_row_impl(dm, row, wt, h0, out, h, s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_and_ln_match_std_to_float_rounding() {
+        let mut worst_exp = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = (x as f64).exp();
+            let rel = ((exp(x) as f64 - want) / want).abs();
+            worst_exp = worst_exp.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst_exp < 3e-7, "exp rel err {worst_exp}");
+        let mut worst_ln = 0.0f64;
+        let mut x = 1e-30f32;
+        while x < 1e30 {
+            let want = (x as f64).ln();
+            let err = (ln(x) as f64 - want).abs() / want.abs().max(1.0);
+            worst_ln = worst_ln.max(err);
+            x *= 1.0173;
+        }
+        assert!(worst_ln < 3e-7, "ln err {worst_ln}");
+        // the softplus range the SSM uses: 1 + e^-|x| in (1, 2]
+        for i in 0..1000 {
+            let u = 1.0 + i as f32 / 1000.0;
+            assert!((ln(u) as f64 - (u as f64).ln()).abs() < 1e-7);
+        }
+    }
+}

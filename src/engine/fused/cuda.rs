@@ -1,0 +1,325 @@
+//! CUDA kernels of the fused ops: `kernels.ptx` (built from `kernels.cu` by
+//! scripts/build-ptx.py, embedded here) loaded through the CUDA driver API (`libcuda.so.1`,
+//! opened at run time like ONNX Runtime itself) and launched on ONNX Runtime's compute stream,
+//! so they run inside its CUDA graphs too.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, c_uint, c_void, CStr};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use ort::operator::{ComputeContext, Kernel};
+use ort::value::DynTensorValueType;
+
+use super::{dims_of, err, input, ConvDims, SsmDims};
+
+const PTX: &str = concat!(include_str!("kernels.ptx"), "\0");
+const THREADS: u32 = 128;
+
+type CuResult = c_int;
+type CuDevice = c_int;
+type CuContext = *mut c_void;
+type CuModule = *mut c_void;
+type CuFunction = *mut c_void;
+
+struct Driver {
+    _lib: libloading::Library,
+    init: unsafe extern "C" fn(c_uint) -> CuResult,
+    device_get: unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult,
+    primary_ctx_retain: unsafe extern "C" fn(*mut CuContext, CuDevice) -> CuResult,
+    ctx_get_current: unsafe extern "C" fn(*mut CuContext) -> CuResult,
+    ctx_set_current: unsafe extern "C" fn(CuContext) -> CuResult,
+    module_load_data: unsafe extern "C" fn(*mut CuModule, *const c_void) -> CuResult,
+    module_get_function: unsafe extern "C" fn(*mut CuFunction, CuModule, *const c_char) -> CuResult,
+    #[allow(clippy::type_complexity)]
+    launch: unsafe extern "C" fn(
+        CuFunction,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        c_uint,
+        *mut c_void,
+        *mut *mut c_void,
+        *mut *mut c_void,
+    ) -> CuResult,
+    error_string: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
+}
+
+// SAFETY: the driver API is thread-safe; the struct only holds function pointers.
+unsafe impl Send for Driver {}
+unsafe impl Sync for Driver {}
+
+impl Driver {
+    fn load() -> Result<Self, String> {
+        // SAFETY: loading the CUDA driver library runs no unexpected initialisers.
+        let lib = unsafe { libloading::Library::new("libcuda.so.1") }
+            .map_err(|e| format!("cannot open the CUDA driver libcuda.so.1: {e}"))?;
+        macro_rules! sym {
+            ($name:literal) => {
+                // SAFETY: the symbol has the documented driver-API signature.
+                *unsafe { lib.get($name) }.map_err(|e| {
+                    format!("libcuda.so.1 lacks {}: {e}", String::from_utf8_lossy($name))
+                })?
+            };
+        }
+        Ok(Self {
+            init: sym!(b"cuInit"),
+            device_get: sym!(b"cuDeviceGet"),
+            primary_ctx_retain: sym!(b"cuDevicePrimaryCtxRetain"),
+            ctx_get_current: sym!(b"cuCtxGetCurrent"),
+            ctx_set_current: sym!(b"cuCtxSetCurrent"),
+            module_load_data: sym!(b"cuModuleLoadData"),
+            module_get_function: sym!(b"cuModuleGetFunction"),
+            launch: sym!(b"cuLaunchKernel"),
+            error_string: sym!(b"cuGetErrorString"),
+            _lib: lib,
+        })
+    }
+
+    fn check(&self, rc: CuResult, what: &str) -> ort::Result<()> {
+        if rc == 0 {
+            return Ok(());
+        }
+        let mut s: *const c_char = std::ptr::null();
+        // SAFETY: cuGetErrorString writes a pointer to a static string.
+        let msg = if unsafe { (self.error_string)(rc, &mut s) } == 0 && !s.is_null() {
+            // SAFETY: NUL-terminated static string from the driver.
+            unsafe { CStr::from_ptr(s) }.to_string_lossy().into_owned()
+        } else {
+            format!("CUresult {rc}")
+        };
+        Err(err(format!("{what}: {msg}")))
+    }
+}
+
+fn driver() -> ort::Result<&'static Driver> {
+    static D: OnceLock<Result<Driver, String>> = OnceLock::new();
+    D.get_or_init(Driver::load)
+        .as_ref()
+        .map_err(|e| err(e.clone()))
+}
+
+/// The loaded PTX module of one device: its context and the two kernels.
+struct Module {
+    ctx: CuContext,
+    conv: CuFunction,
+    ssm: CuFunction,
+}
+
+// SAFETY: driver handles may be used from any thread.
+unsafe impl Send for Module {}
+unsafe impl Sync for Module {}
+
+fn module(device_id: i32) -> ort::Result<Arc<Module>> {
+    static MODULES: OnceLock<Mutex<HashMap<i32, Arc<Module>>>> = OnceLock::new();
+    let mut map = MODULES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(m) = map.get(&device_id) {
+        return Ok(m.clone());
+    }
+    let d = driver()?;
+    // SAFETY: plain driver-API calls with valid out-pointers; the PTX is NUL-terminated.
+    let m = unsafe {
+        d.check((d.init)(0), "cuInit")?;
+        let mut dev: CuDevice = 0;
+        d.check((d.device_get)(&mut dev, device_id), "cuDeviceGet")?;
+        // ONNX Runtime's CUDA EP works in the device's primary context (runtime API).
+        let mut ctx: CuContext = std::ptr::null_mut();
+        d.check(
+            (d.primary_ctx_retain)(&mut ctx, dev),
+            "cuDevicePrimaryCtxRetain",
+        )?;
+        d.check((d.ctx_set_current)(ctx), "cuCtxSetCurrent")?;
+        let mut module: CuModule = std::ptr::null_mut();
+        d.check(
+            (d.module_load_data)(&mut module, PTX.as_ptr().cast()),
+            "cuModuleLoadData (fused Mamba kernels)",
+        )?;
+        let mut conv: CuFunction = std::ptr::null_mut();
+        let mut ssm: CuFunction = std::ptr::null_mut();
+        d.check(
+            (d.module_get_function)(&mut conv, module, c"mamba_conv".as_ptr()),
+            "cuModuleGetFunction mamba_conv",
+        )?;
+        d.check(
+            (d.module_get_function)(&mut ssm, module, c"mamba_ssm".as_ptr()),
+            "cuModuleGetFunction mamba_ssm",
+        )?;
+        Arc::new(Module { ctx, conv, ssm })
+    };
+    map.insert(device_id, m.clone());
+    Ok(m)
+}
+
+/// Makes the module's context current on this thread (the run thread normally has it already).
+fn enter(d: &Driver, m: &Module) -> ort::Result<()> {
+    let mut cur: CuContext = std::ptr::null_mut();
+    // SAFETY: valid out-pointer.
+    unsafe { d.check((d.ctx_get_current)(&mut cur), "cuCtxGetCurrent")? };
+    if cur != m.ctx {
+        // SAFETY: the context was retained in `module`.
+        unsafe { d.check((d.ctx_set_current)(m.ctx), "cuCtxSetCurrent")? };
+    }
+    Ok(())
+}
+
+fn dev_ptr(v: ort::value::ValueRef<'_>, what: &str) -> ort::Result<*mut c_void> {
+    let t = v
+        .downcast::<DynTensorValueType>()
+        .map_err(|e| err(format!("{what}: {e}")))?;
+    Ok(t.data_ptr().cast_mut())
+}
+
+fn out_ptr(ctx: &ComputeContext, i: usize, shape: Vec<i64>) -> ort::Result<*mut c_void> {
+    let v = ctx
+        .output(i, shape)?
+        .ok_or_else(|| err(format!("output {i} could not be allocated")))?;
+    let t = v.downcast::<DynTensorValueType>()?;
+    Ok(t.data_ptr().cast_mut())
+}
+
+/// Launches `f` on the op's stream with `args` (pointers to each kernel argument).
+fn launch(
+    ctx: &ComputeContext,
+    m: &Module,
+    f: CuFunction,
+    grid: (u32, u32),
+    shared: u32,
+    args: &mut [*mut c_void],
+) -> ort::Result<()> {
+    let d = driver()?;
+    enter(d, m)?;
+    let stream = ctx.stream()?.map_or(std::ptr::null_mut(), |s| s.as_ptr());
+    // SAFETY: `args` points at live locals of the caller with the kernel's parameter types.
+    let rc = unsafe {
+        (d.launch)(
+            f,
+            grid.0,
+            grid.1,
+            1,
+            THREADS,
+            1,
+            1,
+            shared,
+            stream,
+            args.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+    };
+    d.check(rc, "cuLaunchKernel")
+}
+
+pub struct ConvCuda(Arc<Module>);
+
+impl ConvCuda {
+    pub fn new(device_id: i32) -> ort::Result<Self> {
+        Ok(Self(module(device_id)?))
+    }
+}
+
+impl Kernel for ConvCuda {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let ins: Vec<_> = (0..4)
+            .map(|i| input(ctx, i, "MambaConv"))
+            .collect::<ort::Result<_>>()?;
+        let s: Vec<Vec<usize>> = ins
+            .iter()
+            .map(|v| dims_of(v, "MambaConv"))
+            .collect::<ort::Result<_>>()?;
+        let d = ConvDims::check(&s[0], &s[1], &s[2], &s[3])?;
+        if d.k > 8 {
+            return Err(err(format!("MambaConv (CUDA): d_conv {} > 8", d.k)));
+        }
+        let mut p: Vec<*mut c_void> = ins
+            .into_iter()
+            .zip(["xz", "conv_state", "w", "b"])
+            .map(|(v, n)| dev_ptr(v, n))
+            .collect::<ort::Result<_>>()?;
+        p.push(out_ptr(ctx, 0, vec![d.b as i64, d.t as i64, d.e as i64])?);
+        p.push(out_ptr(
+            ctx,
+            1,
+            vec![d.b as i64, d.k as i64 - 1, d.e as i64],
+        )?);
+        if d.b == 0 {
+            return Ok(());
+        }
+        if d.b > 65_535 {
+            return Err(err(format!("MambaConv (CUDA): batch {} > 65535", d.b)));
+        }
+        let (mut t, mut e, mut k) = (d.t as c_int, d.e as c_int, d.k as c_int);
+        let mut args: Vec<*mut c_void> = p.iter_mut().map(|x| x as *mut _ as *mut c_void).collect();
+        args.extend([
+            &mut t as *mut _ as *mut c_void,
+            &mut e as *mut _ as *mut c_void,
+            &mut k as *mut _ as *mut c_void,
+        ]);
+        let grid = ((d.e as u32).div_ceil(THREADS), d.b as u32);
+        launch(ctx, &self.0, self.0.conv, grid, 0, &mut args)
+    }
+}
+
+pub struct SsmCuda(Arc<Module>);
+
+impl SsmCuda {
+    pub fn new(device_id: i32) -> ort::Result<Self> {
+        Ok(Self(module(device_id)?))
+    }
+}
+
+impl Kernel for SsmCuda {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let ins: Vec<_> = (0..8)
+            .map(|i| input(ctx, i, "MambaSsm"))
+            .collect::<ort::Result<_>>()?;
+        let mut s: [Vec<usize>; 8] = Default::default();
+        for (x, v) in s.iter_mut().zip(&ins) {
+            *x = dims_of(v, "MambaSsm")?;
+        }
+        let dm = SsmDims::check(&s)?;
+        if dm.n > 16 || dm.r > 32 {
+            return Err(err(format!(
+                "MambaSsm (CUDA): d_state {} > 16 or dt_rank {} > 32",
+                dm.n, dm.r
+            )));
+        }
+        let names = ["xc", "xz", "dbc", "dt_w", "dt_b", "A", "D", "h"];
+        let mut p: Vec<*mut c_void> = ins
+            .into_iter()
+            .zip(names)
+            .map(|(v, n)| dev_ptr(v, n))
+            .collect::<ort::Result<_>>()?;
+        p.push(out_ptr(
+            ctx,
+            0,
+            vec![dm.b as i64, dm.t as i64, dm.e as i64],
+        )?);
+        p.push(out_ptr(
+            ctx,
+            1,
+            vec![dm.b as i64, dm.n as i64, dm.e as i64],
+        )?);
+        if dm.b == 0 {
+            return Ok(());
+        }
+        if dm.b > 65_535 {
+            return Err(err(format!("MambaSsm (CUDA): batch {} > 65535", dm.b)));
+        }
+        let (mut t, mut e, mut n, mut r) =
+            (dm.t as c_int, dm.e as c_int, dm.n as c_int, dm.r as c_int);
+        let mut args: Vec<*mut c_void> = p.iter_mut().map(|x| x as *mut _ as *mut c_void).collect();
+        args.extend([
+            &mut t as *mut _ as *mut c_void,
+            &mut e as *mut _ as *mut c_void,
+            &mut n as *mut _ as *mut c_void,
+            &mut r as *mut _ as *mut c_void,
+        ]);
+        let grid = ((dm.e as u32).div_ceil(THREADS), dm.b as u32);
+        let shared = ((dm.r + 2 * dm.n) * 4) as u32;
+        launch(ctx, &self.0, self.0.ssm, grid, shared, &mut args)
+    }
+}

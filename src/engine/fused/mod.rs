@@ -1,0 +1,360 @@
+//! The fused Mamba operators of the `ai.mambatag` domain (models/CONTRACT.md §7).
+//!
+//! A standard-op step graph spends ~36 ONNX Runtime kernels per Mamba layer, ~11 of them
+//! elementwise passes over the whole `[B, N, E]` SSM state. The fused graphs
+//! (`step-fused.onnx`, `chunk-fused.onnx`, written by models/export.py next to the standard
+//! ones) replace the conv and the selective-state update of each layer with two operators:
+//!
+//! * `MambaConv(xz, conv_state, w, b) -> (xc, conv_state')`: causal depthwise conv + SiLU over
+//!   `T` hops (`xz [B, T, 2E]`, channels `[0, E)`; `w [K, E]`).
+//! * `MambaSsm(xc, xz, dbc, dt_w, dt_b, A, D, h) -> (y, h')`: dt_proj + softplus, the selective
+//!   scan over `T` hops, the `D` skip and the `SiLU(z)` gate (`z` = channels `[E, 2E)` of
+//!   `xz`; `dbc [B, T, R + 2N]` = x_proj output).
+//!
+//! `T` is taken from the inputs, so the same two ops serve the step graph (`T = 1`) and the
+//! chunk graph. Each has a CPU kernel (Rust, [`cpu`]) and, with `--features cuda`, a CUDA
+//! kernel (`kernels.cu`, loaded as PTX through the driver API, [`cuda`]); both walk the hops
+//! with the state in registers/cache, reading and writing it once per call.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use ort::operator::{
+    BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
+    OperatorOutput,
+};
+use ort::value::{DynTensorValueType, TensorElementType, ValueType};
+
+/// The ONNX domain of the fused ops.
+pub const DOMAIN: &str = "ai.mambatag";
+
+/// Which execution provider a kernel runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ep {
+    Cpu,
+    /// CUDA device id.
+    #[cfg(feature = "cuda")]
+    Cuda(i32),
+}
+
+/// The op domain with the CPU kernels, plus the CUDA ones when `cuda_device` is given.
+pub fn domain(cuda_device: Option<i32>) -> ort::Result<OperatorDomain> {
+    let d = OperatorDomain::new(DOMAIN)?
+        .add(ConvOp(Ep::Cpu))?
+        .add(SsmOp(Ep::Cpu))?;
+    #[cfg(feature = "cuda")]
+    if let Some(id) = cuda_device {
+        return d.add(ConvOp(Ep::Cuda(id)))?.add(SsmOp(Ep::Cuda(id)));
+    }
+    let _ = cuda_device;
+    Ok(d)
+}
+
+fn err(msg: impl std::fmt::Display) -> ort::Error {
+    ort::Error::new(msg.to_string())
+}
+
+fn dims_of(v: &ort::value::ValueRef<'_>, what: &str) -> ort::Result<Vec<usize>> {
+    match v.dtype() {
+        ValueType::Tensor {
+            ty: TensorElementType::Float32,
+            shape,
+            ..
+        } => Ok(shape.iter().map(|&d| d.max(0) as usize).collect()),
+        other => Err(err(format!(
+            "{what}: expected a float32 tensor, got {other}"
+        ))),
+    }
+}
+
+fn input<'a>(
+    ctx: &'a ComputeContext,
+    i: usize,
+    what: &str,
+) -> ort::Result<ort::value::ValueRef<'a>> {
+    ctx.input(i)?
+        .ok_or_else(|| err(format!("{what}: input {i} is missing")))
+}
+
+fn expect(what: &str, got: &[usize], want: &[usize]) -> ort::Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(err(format!("{what}: shape {got:?}, expected {want:?}")))
+    }
+}
+
+/// Sizes of one `MambaConv` call.
+#[derive(Debug, Clone, Copy)]
+pub struct ConvDims {
+    pub b: usize,
+    pub t: usize,
+    pub e: usize,
+    pub k: usize,
+}
+
+impl ConvDims {
+    fn check(xz: &[usize], state: &[usize], w: &[usize], bias: &[usize]) -> ort::Result<Self> {
+        if w.len() != 2 || w[0] == 0 {
+            return Err(err(format!(
+                "MambaConv: weight shape {w:?}, expected [K, E]"
+            )));
+        }
+        let (k, e) = (w[0], w[1]);
+        if xz.len() != 3 {
+            return Err(err(format!(
+                "MambaConv: xz shape {xz:?}, expected [B, T, 2E]"
+            )));
+        }
+        let (b, t) = (xz[0], xz[1]);
+        expect("MambaConv xz", xz, &[b, t, 2 * e])?;
+        expect("MambaConv conv_state", state, &[b, k - 1, e])?;
+        expect("MambaConv bias", bias, &[e])?;
+        Ok(Self { b, t, e, k })
+    }
+}
+
+/// Sizes of one `MambaSsm` call.
+#[derive(Debug, Clone, Copy)]
+pub struct SsmDims {
+    pub b: usize,
+    pub t: usize,
+    pub e: usize,
+    pub n: usize,
+    pub r: usize,
+}
+
+impl SsmDims {
+    fn check(s: &[Vec<usize>; 8]) -> ort::Result<Self> {
+        let [xc, xz, dbc, dt_w, dt_b, a, d, h] = s;
+        if a.len() != 2 || dt_w.len() != 2 || xc.len() != 3 {
+            return Err(err(format!(
+                "MambaSsm: A {a:?} / dt_w {dt_w:?} / xc {xc:?} must be [N, E] / [R, E] / [B, T, E]"
+            )));
+        }
+        let (n, e, r) = (a[0], a[1], dt_w[0]);
+        let (b, t) = (xc[0], xc[1]);
+        expect("MambaSsm xc", xc, &[b, t, e])?;
+        expect("MambaSsm xz", xz, &[b, t, 2 * e])?;
+        expect("MambaSsm dbc", dbc, &[b, t, r + 2 * n])?;
+        expect("MambaSsm dt_w", dt_w, &[r, e])?;
+        expect("MambaSsm dt_b", dt_b, &[e])?;
+        expect("MambaSsm D", d, &[e])?;
+        expect("MambaSsm h", h, &[b, n, e])?;
+        Ok(Self { b, t, e, n, r })
+    }
+}
+
+/// `MambaConv`.
+pub struct ConvOp(pub Ep);
+/// `MambaSsm`.
+pub struct SsmOp(pub Ep);
+
+fn ep_name(ep: Ep) -> Option<&'static str> {
+    match ep {
+        Ep::Cpu => None,
+        #[cfg(feature = "cuda")]
+        Ep::Cuda(_) => Some("CUDAExecutionProvider"),
+    }
+}
+
+const F32: TensorElementType = TensorElementType::Float32;
+
+impl Operator for ConvOp {
+    type Kernel<'attr> = BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        "MambaConv"
+    }
+
+    fn execution_provider_type(&self) -> Option<&str> {
+        ep_name(self.0)
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        std::iter::repeat_with(|| OperatorInput::required(F32)).take(4)
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        std::iter::repeat_with(|| OperatorOutput::required(F32)).take(2)
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        match self.0 {
+            Ep::Cpu => Ok(Box::new(ConvCpu)),
+            #[cfg(feature = "cuda")]
+            Ep::Cuda(id) => Ok(Box::new(cuda::ConvCuda::new(id)?)),
+        }
+    }
+}
+
+impl Operator for SsmOp {
+    type Kernel<'attr> = BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        "MambaSsm"
+    }
+
+    fn execution_provider_type(&self) -> Option<&str> {
+        ep_name(self.0)
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        std::iter::repeat_with(|| OperatorInput::required(F32)).take(8)
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        std::iter::repeat_with(|| OperatorOutput::required(F32)).take(2)
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        match self.0 {
+            Ep::Cpu => Ok(Box::new(SsmCpu)),
+            #[cfg(feature = "cuda")]
+            Ep::Cuda(id) => Ok(Box::new(cuda::SsmCuda::new(id)?)),
+        }
+    }
+}
+
+/// Raw output pointer shared by the per-row closures of `par_for` (rows are disjoint).
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: each closure call writes only its own batch row's range.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+fn host_slice<'a>(v: &'a ort::value::ValueRef<'_>, what: &str) -> ort::Result<&'a [f32]> {
+    v.try_extract_tensor::<f32>()
+        .map(|(_, s)| s)
+        .map_err(|e| err(format!("{what}: {e}")))
+}
+
+fn host_out(
+    ctx: &ComputeContext,
+    i: usize,
+    shape: Vec<i64>,
+) -> ort::Result<ort::value::ValueRefMut<'_, DynTensorValueType>> {
+    let v = ctx
+        .output(i, shape)?
+        .ok_or_else(|| err(format!("output {i} could not be allocated")))?;
+    v.downcast()
+}
+
+struct ConvCpu;
+
+impl Kernel for ConvCpu {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let ins: Vec<_> = (0..4)
+            .map(|i| input(ctx, i, "MambaConv"))
+            .collect::<ort::Result<_>>()?;
+        let shapes: Vec<Vec<usize>> = ins
+            .iter()
+            .map(|v| dims_of(v, "MambaConv"))
+            .collect::<ort::Result<_>>()?;
+        let d = ConvDims::check(&shapes[0], &shapes[1], &shapes[2], &shapes[3])?;
+        let xz = host_slice(&ins[0], "MambaConv xz")?;
+        let st = host_slice(&ins[1], "MambaConv conv_state")?;
+        let w = host_slice(&ins[2], "MambaConv weight")?;
+        let bias = host_slice(&ins[3], "MambaConv bias")?;
+        let (b, t, e, k) = (d.b as i64, d.t as i64, d.e as i64, d.k as i64);
+        let xc = host_out(ctx, 0, vec![b, t, e])?;
+        let nx = host_out(ctx, 1, vec![b, k - 1, e])?;
+        let (xc_p, nx_p) = (
+            SendPtr(xc.data_ptr().cast_mut().cast()),
+            SendPtr(nx.data_ptr().cast_mut().cast()),
+        );
+        let (rt, rs) = (d.t * d.e, (d.k - 1) * d.e);
+        let row = |i: usize| {
+            let (xc_p, nx_p) = (xc_p, nx_p);
+            // SAFETY: row i's ranges of the two outputs, disjoint across rows.
+            let (xc_r, nx_r) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(xc_p.0.add(i * rt), rt),
+                    std::slice::from_raw_parts_mut(nx_p.0.add(i * rs), rs),
+                )
+            };
+            cpu::conv_row(
+                &d,
+                &xz[i * 2 * rt..(i + 1) * 2 * rt],
+                &st[i * rs..(i + 1) * rs],
+                w,
+                bias,
+                xc_r,
+                nx_r,
+            );
+        };
+        if d.b <= 1 {
+            (0..d.b).for_each(row);
+            Ok(())
+        } else {
+            ctx.par_for(d.b, d.b, row)
+        }
+    }
+}
+
+struct SsmCpu;
+
+impl Kernel for SsmCpu {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let ins: Vec<_> = (0..8)
+            .map(|i| input(ctx, i, "MambaSsm"))
+            .collect::<ort::Result<_>>()?;
+        let mut shapes: [Vec<usize>; 8] = Default::default();
+        for (s, v) in shapes.iter_mut().zip(&ins) {
+            *s = dims_of(v, "MambaSsm")?;
+        }
+        let dm = SsmDims::check(&shapes)?;
+        let names = ["xc", "xz", "dbc", "dt_w", "dt_b", "A", "D", "h"];
+        let sl: Vec<&[f32]> = ins
+            .iter()
+            .zip(names)
+            .map(|(v, n)| host_slice(v, n))
+            .collect::<ort::Result<_>>()?;
+        let (b, t, e, n) = (dm.b as i64, dm.t as i64, dm.e as i64, dm.n as i64);
+        let y = host_out(ctx, 0, vec![b, t, e])?;
+        let h = host_out(ctx, 1, vec![b, n, e])?;
+        let (y_p, h_p) = (
+            SendPtr(y.data_ptr().cast_mut().cast()),
+            SendPtr(h.data_ptr().cast_mut().cast()),
+        );
+        let (rt, rw, rh) = (dm.t * dm.e, dm.t * (dm.r + 2 * dm.n), dm.n * dm.e);
+        let wt = cpu::SsmWeights {
+            dt_w: sl[3],
+            dt_b: sl[4],
+            a: sl[5],
+            d: sl[6],
+        };
+        let row = |i: usize| {
+            let (y_p, h_p) = (y_p, h_p);
+            // SAFETY: row i's ranges of the two outputs, disjoint across rows.
+            let (y_r, h_r) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(y_p.0.add(i * rt), rt),
+                    std::slice::from_raw_parts_mut(h_p.0.add(i * rh), rh),
+                )
+            };
+            let r = cpu::SsmRow {
+                xc: &sl[0][i * rt..(i + 1) * rt],
+                xz: &sl[1][i * 2 * rt..(i + 1) * 2 * rt],
+                dbc: &sl[2][i * rw..(i + 1) * rw],
+            };
+            let mut scratch = cpu::SsmScratch::new(dm.e);
+            cpu::ssm_row(
+                &dm,
+                &r,
+                &wt,
+                &sl[7][i * rh..(i + 1) * rh],
+                y_r,
+                h_r,
+                &mut scratch,
+            );
+        };
+        if dm.b <= 1 {
+            (0..dm.b).for_each(row);
+            Ok(())
+        } else {
+            ctx.par_for(dm.b, dm.b, row)
+        }
+    }
+}

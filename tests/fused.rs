@@ -1,0 +1,188 @@
+//! The fused-operator graphs (`step-fused.onnx`, `chunk-fused.onnx`: each layer's conv and
+//! selective-state update as the `ai.mambatag` MambaConv/MambaSsm ops, CPU kernels here)
+//! against the standard-operator step graph, which is independent arithmetic: same scores
+//! frame by frame, with state carried, idle rows, slot resets and chunked calls.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use mambatag::engine::{graph_for, Engine, EngineOptions, Kernels};
+use mambatag::model::ModelPackage;
+
+fn default_model() -> PathBuf {
+    repo().join("models/default")
+}
+
+fn opts(kernels: Kernels) -> EngineOptions {
+    EngineOptions {
+        kernels,
+        ..Default::default()
+    }
+}
+
+/// Deterministic audio for hop `t` of row `row`: tones that change every 1.5 s, noise bursts.
+fn hop_audio(t: usize, row: usize, out: &mut [f32]) {
+    let mut seed = (t as u64 * 7919 + row as u64 * 104_729) | 1;
+    for (i, x) in out.iter_mut().enumerate() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let n = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        let s = (t * 160 + i) as f32 / 16000.0;
+        let f = 220.0 + 60.0 * ((t / 150) % 30) as f32 + 40.0 * row as f32;
+        let tone = (2.0 * std::f32::consts::PI * f * s).sin();
+        *x = 0.3 * tone + n * if (t / 70) % 3 == 0 { 0.4 } else { 0.02 };
+    }
+}
+
+fn max_abs(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn packages_ship_fused_graphs() {
+    for m in [tiny_model(), default_model()] {
+        let pkg = ModelPackage::locate(&m).unwrap();
+        let s = graph_for(&pkg.step, Kernels::Auto).unwrap();
+        assert!(s.ends_with("step-fused.onnx"), "{}", s.display());
+        let c = graph_for(pkg.chunk.as_ref().unwrap(), Kernels::Auto).unwrap();
+        assert!(c.ends_with("chunk-fused.onnx"), "{}", c.display());
+        assert_eq!(graph_for(&pkg.step, Kernels::Onnx).unwrap(), pkg.step);
+    }
+}
+
+/// 3 rows over 1,500 steps: row 1 idles every 7th step (its state must stay put), row 2 is
+/// reset at step 600 (as a new stream joining) — fused and standard engines side by side.
+fn step_parity(model: &Path, steps: usize) -> f32 {
+    let pkg = ModelPackage::locate(model).unwrap();
+    let mut a = Engine::load(&pkg.step, &opts(Kernels::Onnx), 3, 1).unwrap();
+    let mut b = Engine::load(&pkg.step, &opts(Kernels::Fused), 3, 1).unwrap();
+    let mut buf = vec![0.0; 160];
+    let mut max = 0.0f32;
+    for t in 0..steps {
+        if t == 600 {
+            a.reset_row(2).unwrap();
+            b.reset_row(2).unwrap();
+        }
+        for r in 0..3 {
+            hop_audio(t, r, &mut buf);
+            a.input_mut(r).copy_from_slice(&buf);
+            b.input_mut(r).copy_from_slice(&buf);
+        }
+        let adv = [true, t % 7 != 0, true];
+        a.run(&adv).unwrap();
+        b.run(&adv).unwrap();
+        for (r, _) in adv.iter().enumerate().filter(|(_, &on)| on) {
+            max = max.max(max_abs(a.scores(r), b.scores(r)));
+        }
+    }
+    max
+}
+
+#[test]
+fn fused_step_matches_standard_step_on_test_tiny() {
+    let d = step_parity(&tiny_model(), 1500);
+    println!("test-tiny: fused vs standard step, max abs score difference {d:e}");
+    assert!(d <= 1e-5, "{d}");
+}
+
+#[test]
+fn fused_step_matches_standard_step_on_default_model() {
+    let d = step_parity(&default_model(), 1500);
+    println!("default: fused vs standard step, max abs score difference {d:e}");
+    assert!(d <= 1e-5, "{d}");
+}
+
+/// chunk-fused.onnx (T = 64 per call, then a 23-frame tail through a T = 23 engine handed the
+/// state) against the standard step graph, two rows of different audio.
+#[test]
+fn fused_chunk_matches_standard_step() {
+    for model in [tiny_model(), default_model()] {
+        let pkg = ModelPackage::locate(&model).unwrap();
+        let frames = 64 * 5 + 23;
+        let mut step = Engine::load(&pkg.step, &opts(Kernels::Onnx), 2, 1).unwrap();
+        let chunk = pkg.chunk.as_ref().unwrap();
+        let mut c64 = Engine::load(chunk, &opts(Kernels::Fused), 2, 64).unwrap();
+        let mut c23 = Engine::load(chunk, &opts(Kernels::Fused), 2, 23).unwrap();
+        let labels = step.info().num_labels();
+        let mut want = vec![Vec::new(); 2];
+        let mut got = vec![Vec::new(); 2];
+        let mut buf = vec![0.0; 160];
+        for t in 0..frames {
+            for r in 0..2 {
+                hop_audio(t, r, &mut buf);
+                step.input_mut(r).copy_from_slice(&buf);
+            }
+            step.run(&[true, true]).unwrap();
+            for (r, w) in want.iter_mut().enumerate() {
+                w.extend_from_slice(step.scores(r));
+            }
+        }
+        for call in 0..5 {
+            for r in 0..2 {
+                for k in 0..64 {
+                    hop_audio(call * 64 + k, r, &mut buf);
+                    c64.input_mut(r)[k * 160..(k + 1) * 160].copy_from_slice(&buf);
+                }
+            }
+            c64.run(&[true, true]).unwrap();
+            for (r, g) in got.iter_mut().enumerate() {
+                g.extend_from_slice(c64.scores(r));
+            }
+        }
+        for r in 0..2 {
+            let snap = c64.snapshot_row(r).unwrap();
+            c23.restore_row(r, &snap).unwrap();
+            for k in 0..23 {
+                hop_audio(320 + k, r, &mut buf);
+                c23.input_mut(r)[k * 160..(k + 1) * 160].copy_from_slice(&buf);
+            }
+        }
+        c23.run(&[true, true]).unwrap();
+        for (r, g) in got.iter_mut().enumerate() {
+            g.extend_from_slice(c23.scores(r));
+        }
+        for r in 0..2 {
+            assert_eq!(got[r].len(), frames * labels);
+            let d = max_abs(&want[r], &got[r]);
+            println!("{}: chunk-fused vs step, row {r}: {d:e}", model.display());
+            assert!(d <= 1e-4, "{}: row {r}: {d}", model.display());
+        }
+    }
+}
+
+#[test]
+fn kernels_fused_without_a_fused_graph_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let step = dir.path().join("step.onnx");
+    std::fs::copy(tiny_model().join("step.onnx"), &step).unwrap();
+    let e = Engine::load(&step, &opts(Kernels::Fused), 1, 1)
+        .err()
+        .expect("must fail");
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("no fused graph") && msg.contains("step-fused.onnx"),
+        "{msg}"
+    );
+    // auto falls back to the standard graph
+    let e = Engine::load(&step, &opts(Kernels::Auto), 1, 1).unwrap();
+    assert_eq!(e.info().num_labels(), 8);
+    // and the CLI says the same, exit 2
+    let wav = sine_wav();
+    let o = mambatag(&[
+        "tag",
+        "--model",
+        dir.path().to_str().unwrap(),
+        "--kernels",
+        "fused",
+        wav.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("no fused graph"), "{}", stderr(&o));
+}
