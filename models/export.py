@@ -66,6 +66,10 @@ CONTRACT_VERSION = "1"
 OPSET = 17
 IR_VERSION = 8
 BATCH = "B"
+# the fused operators (CONTRACT.md §7; implemented by the Rust engine for CPU and CUDA and by
+# models/fused_ops.py in numpy)
+FUSED_DOMAIN = "ai.mambatag"
+FUSED_VERSION = 1
 
 
 # --------------------------------------------------------------------------- graph building
@@ -133,7 +137,10 @@ class GraphBuilder:
 
     def model(self, graph_name: str, metadata: dict[str, str]) -> onnx.ModelProto:
         g = helper.make_graph(self.nodes, graph_name, self.inputs, self.outputs, self.initializers)
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)],
+        opsets = [helper.make_opsetid("", OPSET)]
+        if any(n.domain == FUSED_DOMAIN for n in self.nodes):
+            opsets.append(helper.make_opsetid(FUSED_DOMAIN, FUSED_VERSION))
+        m = helper.make_model(g, opset_imports=opsets,
                               producer_name="mambatag.models.export", producer_version=CONTRACT_VERSION)
         m.ir_version = IR_VERSION
         helper.set_model_props(m, metadata)
@@ -285,7 +292,9 @@ def layer_params(weights: dict, config: MambaConfig, i: int) -> dict[str, np.nda
 
 
 # graph-shape knobs (measured in bench_variants; the defaults are the fastest found)
-OPTIONS = {"merge_in": False, "merge_xproj": True, "softplus": "relu_log1p"}
+# merge_in: one in_proj MatMul + Split, so that the standard and the fused graphs (whose ops read
+# x and z from the one [.., 2E] tensor) share the in_proj weight in weights.bin
+OPTIONS = {"merge_in": True, "merge_xproj": True, "softplus": "relu_log1p"}
 
 
 def block_projections(g: GraphBuilder, x: str, P: dict, pre: str) -> tuple[str, str]:
@@ -351,6 +360,27 @@ def ssm_step(g: GraphBuilder, xc: str, dt: str, Bm: str, Cm: str, h: str, P: dic
     return y, h2
 
 
+def fused_layer(g: GraphBuilder, x: str, conv_state: str, h0: str, P: dict, pre: str) -> tuple[str, str, str]:
+    """One residual Mamba block with the fused ops (any ``T``): ``x [B, T, D]`` -> ``(x', conv', h')``.
+
+    RMSNorm, ``in_proj`` (one MatMul to ``xz [B, T, 2E]``), ``MambaConv`` (reads x = channels
+    ``[0, E)``), ``x_proj`` (one MatMul to ``dbc [B, T, R + 2N]``), ``MambaSsm`` (dt_proj, softplus,
+    scan, D skip, SiLU(z) gate), ``out_proj`` and the residual add: 7 nodes instead of ~36.
+    """
+    u = g.rmsnorm(x, P["norm"], pre + "norm")
+    xz = g.op("MatMul", [u, g.const(pre + "in_w", np.concatenate([P["in_x"], P["in_z"]], 1))], pre + "in_xz")
+    xc, conv_next = g.op("MambaConv", [xz, conv_state, g.const(pre + "conv_w", P["conv_w"]),
+                                      g.const(pre + "conv_b", P["conv_b"])], pre + "conv", n_out=2,
+                         domain=FUSED_DOMAIN)
+    W = np.concatenate([P["x_dt"], P["x_B"], P["x_C"]], 1)
+    dbc = g.op("MatMul", [xc, g.const(pre + "x_w", W)], pre + "dbc")
+    y, h = g.op("MambaSsm", [xc, xz, dbc, g.const(pre + "dt_w", P["dt_w"]), g.const(pre + "dt_bias", P["dt_b"]),
+                             g.const(pre + "A", P["A"]), g.const(pre + "D", P["D"]), h0], pre + "ssm", n_out=2,
+                domain=FUSED_DOMAIN)
+    x = g.op("Add", [x, g.op("MatMul", [y, g.const(pre + "out_w", P["out"])], pre + "out")], pre + "resid")
+    return x, conv_next, h
+
+
 def head(g: GraphBuilder, x: str, weights: dict) -> str:
     """norm_f + head + sigmoid: ``x [..., D]`` -> probabilities ``[..., C]``."""
     u = g.rmsnorm(x, np.asarray(weights["norm_f.weight"], np.float64), "norm_f")
@@ -373,8 +403,9 @@ def state_shapes(config) -> dict[str, list[int]]:
 
 
 def build_step_graph(weights: dict, config, metadata: dict[str, str],
-                     frontend_dtype=np.float64) -> onnx.ModelProto:
-    """The step graph: ``audio [B, 160]`` + states -> ``scores [B, C]`` + next states."""
+                     frontend_dtype=np.float64, fused: bool = False) -> onnx.ModelProto:
+    """The step graph: ``audio [B, 160]`` + states -> ``scores [B, C]`` + next states.
+    ``fused``: each layer's conv and selective-state update as the ``ai.mambatag`` ops."""
     c = as_config(config)
     check_weights(weights, c)
     g = GraphBuilder()
@@ -396,6 +427,10 @@ def build_step_graph(weights: dict, config, metadata: dict[str, str],
     for i in range(c.n_layers):
         pre = f"l{i}_"
         P = layer_params(weights, c, i)
+        if fused:
+            x, nexts[f"state.layer{i}.conv"], nexts[f"state.layer{i}.ssm"] = fused_layer(
+                g, x, states[f"state.layer{i}.conv"], states[f"state.layer{i}.ssm"], P, pre)
+            continue
         xin, z = block_projections(g, x, P, pre)
         xc, nexts[f"state.layer{i}.conv"] = conv_step(g, xin, states[f"state.layer{i}.conv"], P, pre)
         dt, Bm, Cm = ssm_inputs(g, xc, P, pre)
@@ -562,7 +597,7 @@ CHUNK_FRAMES = 250  # preferred T written to mambatag.chunk_frames (see models/R
 
 
 def build_chunk_graph(weights: dict, config, metadata: dict[str, str], frontend_dtype=np.float64,
-                      **options) -> onnx.ModelProto:
+                      fused: bool = False, **options) -> onnx.ModelProto:
     """The chunk graph: ``audio [B, T*160]`` + states -> ``scores [B, T, C]`` + states after the
     last hop. ``T`` is symbolic (any ``T >= 1`` per call)."""
     opt = {**CHUNK_OPTIONS, **options}
@@ -585,6 +620,10 @@ def build_chunk_graph(weights: dict, config, metadata: dict[str, str], frontend_
     for i in range(c.n_layers):
         pre = f"l{i}_"
         P = layer_params(weights, c, i)
+        if fused:
+            x, nexts[f"state.layer{i}.conv"], nexts[f"state.layer{i}.ssm"] = fused_layer(
+                g, x, states[f"state.layer{i}.conv"], states[f"state.layer{i}.ssm"], P, pre)
+            continue
         xin, z = block_projections(g, x, P, pre)
         xc, nexts[f"state.layer{i}.conv"] = conv_chunk(g, xin, states[f"state.layer{i}.conv"], P, pre)
         dt, Bm, Cm = ssm_inputs(g, xc, P, pre)
@@ -713,13 +752,16 @@ def export_package(weights_path, outdir, name: str | None = None, version: str =
                    license: str = "unspecified", thresholds=None, description: str | None = None,
                    chunk_frames: int | None = None, copy_weights: bool = True,
                    frontend_precision: str = "float64", chunk_scan: str | None = None,
-                   shared_weights: bool = False) -> Path:
+                   shared_weights: bool = False, fused: bool = True) -> Path:
     """Write ``outdir/step.onnx``, ``outdir/chunk.onnx`` (and ``weights.safetensors``); returns the
     step.onnx path.
 
     ``chunk_frames``: the preferred ``T`` stored in the chunk graph's metadata (``None``:
     :data:`CHUNK_FRAMES`; ``0``: write no chunk graph, and remove a stale one). The graph itself
     takes any ``T``. ``chunk_scan``: ``scan`` (default) or ``chunked`` (see :data:`CHUNK_OPTIONS`).
+
+    ``fused``: also write ``step-fused.onnx`` / ``chunk-fused.onnx``, the same graphs with each
+    layer's conv and selective-state update as the ``ai.mambatag`` fused ops (CONTRACT.md §7).
 
     ``shared_weights``: store the graphs' weights once in ``outdir/weights.bin`` (ONNX external
     data) instead of inside each ``.onnx`` (see :func:`share_weights`).
@@ -748,6 +790,15 @@ def export_package(weights_path, outdir, name: str | None = None, version: str =
         graphs[chunk_path] = build_chunk_graph(weights, config, cmd, np.dtype(frontend_precision).type, **opts)
     elif chunk_path.exists():
         chunk_path.unlink()
+    dtype = np.dtype(frontend_precision).type
+    for kind, p in (("step", outdir / "step-fused.onnx"), ("chunk", outdir / "chunk-fused.onnx")):
+        if fused and (kind == "step" or chunk_frames):
+            if kind == "step":
+                graphs[p] = build_step_graph(weights, config, md, dtype, fused=True)
+            else:
+                graphs[p] = build_chunk_graph(weights, config, cmd, dtype, fused=True)
+        elif p.exists():
+            p.unlink()
     if shared_weights:
         share_weights(graphs, outdir)
     else:
@@ -844,13 +895,15 @@ def main(argv=None) -> int:
                     "OUTDIR/weights.bin (ONNX external data), instead of inside each .onnx")
     ap.add_argument("--frontend-precision", choices=["float64", "float32"], default="float64",
                     help="arithmetic of the DFT/mel front end inside the graph (default float64)")
+    ap.add_argument("--no-fused", action="store_true", help="do not write step-fused.onnx / chunk-fused.onnx "
+                    "(the graphs with the ai.mambatag fused ops)")
     ap.add_argument("--bench", action="store_true", help="time the graphs (1 thread, B=1 and B=16)")
     a = ap.parse_args(argv)
     path = export_package(a.weights, a.outdir, a.name, a.version, a.license, a.thresholds,
                           a.description, a.chunk_frames, not a.no_weights, a.frontend_precision, a.chunk_scan,
-                          a.shared_weights)
+                          a.shared_weights, not a.no_fused)
     chunk = path.parent / "chunk.onnx"
-    for p in (path, chunk):
+    for p in (path, chunk, path.parent / "step-fused.onnx", path.parent / "chunk-fused.onnx"):
         if p.exists():
             print(f"wrote {p} ({p.stat().st_size / 1024:.1f} KiB)")
     if a.bench:

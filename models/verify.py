@@ -465,6 +465,58 @@ def verify(target, weights=None, frames: int = 1000, tol: float = 1e-4, log=prin
         ok &= verify_chunk(chunk, info, sess, audio, ref, tol, log)
     else:
         log("no chunk graph: chunk checks skipped")
+    ok &= verify_fused(onnx_path, info, sess, audio, tol, log)
+    return ok
+
+
+def verify_fused(step_path: Path, info: ContractInfo, step_sess, audio: np.ndarray, tol: float = 1e-4,
+                 log=print, step_frames: int = 120) -> bool:
+    """Check ``step-fused.onnx`` / ``chunk-fused.onnx`` beside ``step_path`` (CONTRACT.md §7):
+    same contract and metadata as their standard twins, and the same scores as the standard step
+    graph (run through :mod:`models.fused_ops`, the numpy semantics of the fused ops)."""
+    from models.fused_ops import FusedRunner, uses_fused_ops
+
+    ok = True
+    want = run_steps(step_sess, audio, info.hop)[0]  # [frames, C]
+    for kind in ("step", "chunk"):
+        p = step_path.parent / f"{kind}-fused.onnx"
+        if not p.is_file():
+            log(f"no {p.name}: fused checks skipped")
+            continue
+        model = onnx.load(str(p), load_external_data=False)
+        try:
+            finfo = check_contract(model, expect_graph=kind)
+        except ContractError as e:
+            log(f"FAIL {p}: {e}")
+            ok = False
+            continue
+        if not uses_fused_ops(model):
+            log(f"warning: {p.name} uses no ai.mambatag op")
+        skip = ("mambatag.graph", "mambatag.chunk_frames")
+        diff = sorted(k for k in set(finfo.metadata) | set(info.metadata) if k not in skip
+                      and finfo.metadata.get(k) != info.metadata.get(k))
+        if diff or finfo.states != info.states:
+            log(f"FAIL {p.name}: metadata {diff} / states differ from the step graph")
+            ok = False
+            continue
+        r = FusedRunner(p)
+        states = {k: np.zeros([1] + v, np.float32) for k, v in info.states.items()}
+        if kind == "step":
+            n = min(step_frames, len(want))
+            got = []
+            for t in range(n):
+                o = r.run({"audio": audio[None, t * info.hop:(t + 1) * info.hop].astype(np.float32), **states})
+                got.append(o["scores"][0])
+                states = {k: o[k + ".next"] for k in states}
+            got = np.stack(got)
+        else:
+            n = len(want)
+            got = r.run({"audio": audio[None, :n * info.hop].astype(np.float32), **states})["scores"][0]
+        err = float(np.abs(got - want[:n]).max())
+        st = "ok" if err <= tol else "FAIL"
+        log(f"{st} fused: {p.name} (numpy semantics of the ai.mambatag ops) vs step graph over {n} frames: "
+            f"max abs error {err:.3g}, tol {tol:g}")
+        ok &= err <= tol
     return ok
 
 

@@ -25,7 +25,8 @@ def test_tiny_package_contract(tiny_model):
     m = onnx.load(str(path))
     for vi in list(m.graph.input) + list(m.graph.output):
         assert vi.type.tensor_type.shape.dim[0].dim_param == "B"
-    assert sum(p.stat().st_size for p in TINY_DIR.iterdir()) < 256 * 1024  # with chunk.onnx (36 KiB)
+    # with chunk.onnx and the two fused graphs (~35 KiB each)
+    assert sum(p.stat().st_size for p in TINY_DIR.iterdir()) < 320 * 1024
 
 
 def test_tiny_reference_json_matches_step_graph(tiny_model):

@@ -1,0 +1,97 @@
+"""numpy reference of the fused operators (domain ``ai.mambatag``, CONTRACT.md §7).
+
+The Rust engine implements ``MambaConv`` and ``MambaSsm`` for ONNX Runtime (CPU in Rust, CUDA
+as PTX kernels); onnxruntime's Python package does not know them. This module gives their
+semantics in numpy, as ``onnx.reference`` operators, so that ``step-fused.onnx`` and
+``chunk-fused.onnx`` can be run and verified here without torch or the Rust engine::
+
+    from models.fused_ops import FusedRunner
+    r = FusedRunner("models/default/chunk-fused.onnx")
+    outs = r.run({"audio": audio, **states})          # dict of output name -> array
+
+Both ops work on ``T`` hops per call (``T = 1`` in the step graph). Float64 inside, float32 out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx.reference import ReferenceEvaluator
+from onnx.reference.op_run import OpRun
+
+DOMAIN = "ai.mambatag"
+
+
+def mamba_conv(xz, state, w, b):
+    """Causal depthwise conv + SiLU. ``xz [B, T, 2E]`` (x = channels ``[0, E)``), ``state
+    [B, K-1, E]``, ``w [K, E]``, ``b [E]`` -> ``(xc [B, T, E], state' [B, K-1, E])``."""
+    K, E = w.shape
+    x = np.asarray(xz, np.float64)[:, :, :E]
+    pad = np.concatenate([np.asarray(state, np.float64), x], axis=1)  # [B, T + K - 1, E]
+    T = x.shape[1]
+    acc = sum(pad[:, k:k + T] * w[k] for k in range(K)) + b
+    xc = acc / (1.0 + np.exp(-acc))
+    return xc.astype(np.float32), pad[:, T:].astype(np.float32)
+
+
+def mamba_ssm(xc, xz, dbc, dt_w, dt_b, A, D, h):
+    """dt_proj + softplus, selective scan over ``T`` hops, D skip, SiLU(z) gate.
+
+    ``xc [B, T, E]``, ``xz [B, T, 2E]`` (z = channels ``[E, 2E)``), ``dbc [B, T, R + 2N]``
+    (dt_low, B, C), ``dt_w [R, E]``, ``dt_b [E]``, ``A [N, E]``, ``D [E]``, ``h [B, N, E]``
+    -> ``(y [B, T, E], h' [B, N, E])``::
+
+        dt = softplus(dt_low @ dt_w + dt_b)
+        h  = exp(dt * A) * h + B^T (dt * x)      (per hop)
+        y  = (C h + D * x) * SiLU(z)
+    """
+    N, E = A.shape
+    R = dt_w.shape[0]
+    f = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    xc, dbc, h = f(xc), f(dbc), f(h).copy()
+    z = f(xz)[:, :, E:]
+    dtr = dbc[:, :, :R] @ f(dt_w) + f(dt_b)
+    dt = np.maximum(dtr, 0) + np.log1p(np.exp(-np.abs(dtr)))  # [B, T, E]
+    Bm, Cm = dbc[:, :, R:R + N], dbc[:, :, R + N:]
+    ys = []
+    for t in range(xc.shape[1]):
+        dA = np.exp(dt[:, t, None, :] * f(A))  # [B, N, E]
+        h = dA * h + Bm[:, t, :, None] * (dt[:, t] * xc[:, t])[:, None, :]
+        ys.append(np.einsum("bn,bne->be", Cm[:, t], h))
+    y = np.stack(ys, axis=1) if ys else np.zeros_like(xc)
+    y = (y + xc * f(D)) * (z / (1.0 + np.exp(-z)))
+    return y.astype(np.float32), h.astype(np.float32)
+
+
+class MambaConv(OpRun):
+    op_domain = DOMAIN
+
+    def _run(self, xz, state, w, b):
+        return mamba_conv(xz, state, w, b)
+
+
+class MambaSsm(OpRun):
+    op_domain = DOMAIN
+
+    def _run(self, xc, xz, dbc, dt_w, dt_b, A, D, h):
+        return mamba_ssm(xc, xz, dbc, dt_w, dt_b, A, D, h)
+
+
+def uses_fused_ops(model: onnx.ModelProto) -> bool:
+    return any(n.domain == DOMAIN for n in model.graph.node)
+
+
+class FusedRunner:
+    """Runs a graph with the fused ops through ``onnx.reference`` (slow, exact semantics)."""
+
+    def __init__(self, path):
+        path = Path(path)
+        # external data (weights.bin) is resolved against the graph's folder
+        self.model = onnx.load(str(path), load_external_data=True)
+        self.ev = ReferenceEvaluator(self.model, new_ops=[MambaConv, MambaSsm])
+        self.output_names = [o.name for o in self.model.graph.output]
+
+    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(self.output_names, self.ev.run(None, feed)))
