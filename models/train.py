@@ -183,6 +183,7 @@ def main(argv=None):
     ap.add_argument("--val-every", type=int, default=150)
     ap.add_argument("--val-scenes", type=int, default=48)
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing (less memory)")
+    ap.add_argument("--init", default="", help="start from these weights (fine-tune; keeps their front-end stats)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--amp", action="store_true", help="bf16 autocast also on CPU (testing)")
@@ -229,8 +230,14 @@ def main(argv=None):
         model.frontend.compute_dtype = torch.float32
     model.gradient_checkpointing = a.ckpt
     rng = np.random.default_rng(a.seed + 1)
-    mean, std = frontend_stats(model, mixer, rng, 2 if a.smoke else 8, a.batch, L)
-    model.set_frontend_stats(mean, std)
+    if a.init:
+        model.load_safetensors(a.init)
+        model.to(dev)
+        mean, std = model.frontend.mean.cpu().numpy(), model.frontend.std.cpu().numpy()
+        log({"event": "init", "from": a.init})
+    else:
+        mean, std = frontend_stats(model, mixer, rng, 2 if a.smoke else 8, a.batch, L)
+        model.set_frontend_stats(mean, std)
     # fixed monitoring scenes: validation pool (eval-style sparse + train-style dense)
     vrng = np.random.default_rng(1234)
     nb = max(1, a.val_scenes // 8)
