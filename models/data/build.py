@@ -5,6 +5,9 @@
     python3 models/data/build.py bundle     # label, split by source, decode to 16 kHz, synthesize,
                                             # encode Opus shards -> .data/bundle/
     python3 models/data/build.py all        # both
+    (`all` runs `python3 models/data/mine.py score` between them when its output is missing: the YAMNet teacher scores
+    that cut the mined long recordings of labels.toml's teacher_min rules; bundle also uses the
+    teacher to vet synthetic impacts/tools)
     python3 models/data/build.py pin        # (maintainer) rewrite manifest.json from the .debs
                                             # currently in .data/debs
 
@@ -553,6 +556,10 @@ def main():
     a = ap.parse_args()
     if a.cmd in ("fetch", "all"):
         fetch(a)
+    if a.cmd == "all":
+        import mine
+        if not os.path.exists(mine.OUT):
+            mine.score(a)
     if a.cmd in ("bundle", "all"):
         bundle(a)
     if a.cmd == "pin":
