@@ -35,6 +35,9 @@ pub struct BenchArgs {
     /// Also measure the chunk graph (offline path) at these batch sizes: stream-frames per second.
     #[arg(long = "chunk-streams", value_delimiter = ',')]
     pub chunk_streams: Vec<usize>,
+    /// Hops per chunk-graph call (0: the model's preferred `mambatag.chunk_frames`).
+    #[arg(long = "chunk-frames", default_value_t = 0)]
+    pub chunk_frames: usize,
 }
 
 struct BatchResult {
@@ -116,7 +119,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         let c = pkg.chunk.as_ref().ok_or_else(|| {
             anyhow::anyhow!("--chunk-streams: {} has no chunk.onnx", pkg.root.display())
         })?;
-        let mut ce = Engine::load(c, &opts, 1, 0)?;
+        let mut ce = Engine::load(c, &opts, 1, a.chunk_frames)?;
         let t = ce.frames_per_call();
         for &b in &a.chunk_streams {
             ce.resize(b.max(1))?;

@@ -117,6 +117,10 @@ pub struct Engine {
     /// Hops per call: 1 for the step graph, `T` for the chunk graph.
     frames_per_call: usize,
     cap: usize,
+    /// Page-locks `audio`/`scores` on CUDA; declared before them so it unlocks before they
+    /// are freed.
+    #[cfg(feature = "cuda")]
+    pins: Option<fused::cuda::HostPins>,
     /// Host-side audio and scores (what callers read and write).
     audio: Tensor<f32>,
     scores: Tensor<f32>,
@@ -195,6 +199,8 @@ impl Engine {
             device,
             frames_per_call,
             cap,
+            #[cfg(feature = "cuda")]
+            pins: None,
             audio: t.audio,
             scores: t.scores,
             dev_io: t.dev_io,
@@ -207,8 +213,24 @@ impl Engine {
             host_rows: !on_gpu && !opts.force_device_row_ops,
             timings: Timings::default(),
         };
+        e.pin_host_io(opts.cuda.device_id);
         e.zero_all()?;
         Ok(e)
+    }
+
+    /// On CUDA: page-lock the host audio/scores buffers (see [`fused::cuda::HostPins`]).
+    fn pin_host_io(&mut self, _device_id: i32) {
+        #[cfg(feature = "cuda")]
+        if self.dev_io.is_some() && std::env::var_os("MAMBATAG_NO_PIN").is_none() {
+            self.pins = None;
+            let a = self.audio.data_ptr_mut();
+            let na = self.cap * self.samples_per_call() * 4;
+            let s = self.scores.data_ptr_mut();
+            let ns = self.cap * self.frames_per_call * self.info.num_labels() * 4;
+            let (p, n) = fused::cuda::HostPins::new(_device_id, &[(a, na), (s, ns)]);
+            tracing::debug!("page-locked {n} of 2 host I/O buffers");
+            self.pins = Some(p);
+        }
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -389,6 +411,10 @@ impl Engine {
         }
         let mut t = Tensors::alloc(&self.info, capacity, self.frames_per_call, &self.allocs)?;
         self.bindings = t.bind(&self.session, &self.info)?;
+        #[cfg(feature = "cuda")]
+        {
+            self.pins = None; // unlock the old buffers before they are freed
+        }
         self.audio = t.audio;
         self.scores = t.scores;
         self.dev_io = t.dev_io;
@@ -399,6 +425,7 @@ impl Engine {
             self.generation += 1;
             self.run_opts = Some(graph_run_options(self.generation)?);
         }
+        self.pin_host_io(self.allocs.device_id);
         self.zero_all()?;
         for (i, o) in old.iter().enumerate() {
             let n = self.info.states[i].elems();
@@ -488,6 +515,7 @@ struct Allocs {
     /// The host audio/scores callers touch.
     host: Allocator,
     device_io: bool,
+    device_id: i32,
 }
 
 impl Allocs {
@@ -497,6 +525,7 @@ impl Allocs {
                 state: Allocator::default(),
                 host: Allocator::default(),
                 device_io: false,
+                device_id,
             });
         }
         let state = Allocator::new(
@@ -508,14 +537,15 @@ impl Allocs {
                 MemoryType::Default,
             )?,
         )?;
-        // Page-locked host tensors would make the copies DMA transfers, but ort's `copy_into`
-        // from the device into CUDA_PINNED memory fails with ORT 1.31 ("dst_data != src_data",
-        // seen on an H200), so the host side stays ordinary memory.
+        // The host side is ordinary memory: ort's `copy_into` from the device into CUDA_PINNED
+        // tensors fails with ORT 1.31 ("dst_data != src_data", seen on an H200). The engine
+        // page-locks these ordinary buffers through the driver instead (`pin_host_io`).
         let host = Allocator::default();
         Ok(Self {
             state,
             host,
             device_io: true,
+            device_id,
         })
     }
 }
@@ -642,6 +672,11 @@ fn build_session(
     let (builder, device) = match opts.device {
         Device::Cpu => (builder, Device::Cpu),
         Device::Cuda | Device::Auto => register_cuda(builder, opts, rt)?,
+    };
+    // ONNX Runtime's own profiler (node timings as JSON), for performance work only.
+    let builder = match std::env::var_os("MAMBATAG_ORT_PROFILE") {
+        Some(prefix) => builder.with_profiling(prefix).map_err(map)?,
+        None => builder,
     };
     // The fused operators (harmless for graphs that do not use them).
     let cuda_id = (device == Device::Cuda).then_some(opts.cuda.device_id);
