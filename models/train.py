@@ -16,7 +16,12 @@ a stream that continues from the previous step's final state (detached) and is r
 with probability ``--reset-p`` per step, so the model sees streams of minutes and never relies on
 a fresh state.
 
-Loss: BCE-with-logits per frame and class. AdamW (no decay on biases, norms, A_log, D), linear
+Loss: BCE-with-logits per frame and class. Context consistency (``--consist-w``, default 1): the
+first ``--consist-seconds`` (6 s) of every step are also run from a ZERO state; from
+``--consist-skip`` (1 s) on, |p_carried - p_fresh| is added to the loss, and the fresh frames get
+their own BCE (``--fresh-bce-w`` 0.5). This is what makes a probe after an hour of audio match a
+fresh-state run (the long-stream criterion); it costs ~57% more time per step.
+``--init WEIGHTS`` fine-tunes from a previous run (its front-end statistics are kept). AdamW (no decay on biases, norms, A_log, D), linear
 warm-up then cosine decay over the WALL-CLOCK budget ``--minutes`` (the step count adapts to the
 machine). bf16 autocast on CUDA (the selective scan itself runs in float32).
 
