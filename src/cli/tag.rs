@@ -66,11 +66,12 @@ pub struct TagArgs {
     /// Skip inputs whose output (with --out) is already complete.
     #[arg(long, requires = "out")]
     pub resume: bool,
-    /// Streams run side by side as rows of one batched call (per engine).
-    #[arg(long, default_value_t = 8)]
-    pub lanes: usize,
+    /// Streams run side by side as rows of one batched call (per engine). Default: 8 on the
+    /// CPU; with --device cuda, 4 per core (a GPU call wants many rows).
+    #[arg(long)]
+    pub lanes: Option<usize>,
     /// Engines working in parallel, each on its own thread with --threads ORT threads
-    /// (default: one per core, at most one per input).
+    /// (default: one per core, at most one per input; with --device cuda, one).
     #[arg(short, long)]
     pub jobs: Option<usize>,
     /// Which graph runs the files.
@@ -170,11 +171,22 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
         }
     };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One GPU engine with many lanes beats many engines sharing a GPU; each lane decodes on
+    // its own thread, so the lanes keep the cores busy.
+    let gpu = a.model.device == mambatag::engine::Device::Cuda;
     let jobs = a
         .jobs
-        .unwrap_or((cores / a.model.threads.max(1)).max(1))
+        .unwrap_or(if gpu {
+            1
+        } else {
+            (cores / a.model.threads.max(1)).max(1)
+        })
         .clamp(1, inputs.len().max(1));
-    let lanes = a.lanes.max(1).min(inputs.len().div_ceil(jobs).max(1));
+    let lanes = a
+        .lanes
+        .unwrap_or(if gpu { 4 * cores } else { 8 })
+        .max(1)
+        .min(inputs.len().div_ceil(jobs).max(1));
     let mut engines = Vec::with_capacity(jobs);
     for _ in 0..jobs {
         engines.push(Engine::load(&graph, &a.model.engine_options(), lanes, 0)?);

@@ -319,10 +319,11 @@ impl Kernel for SsmCpu {
             SendPtr(h.data_ptr().cast_mut().cast()),
         );
         let (rt, rw, rh) = (dm.t * dm.e, dm.t * (dm.r + 2 * dm.n), dm.n * dm.e);
+        let a2: Vec<f32> = sl[5].iter().map(|a| a * std::f32::consts::LOG2_E).collect();
         let wt = cpu::SsmWeights {
             dt_w: sl[3],
             dt_b: sl[4],
-            a: sl[5],
+            a2: &a2,
             d: sl[6],
         };
         let row = |i: usize| {
