@@ -56,7 +56,7 @@ fn exp2_decay<const F: bool>(x: f32) -> f32 {
     p = madd::<F>(p, f, 1.340_044_2e-3);
     p = madd::<F>(p, f, 9.618_025e-3);
     p = madd::<F>(p, f, 5.550_327e-2);
-    p = madd::<F>(p, f, 0.240_226_51);
+    p = madd::<F>(p, f, 0.240_226_5);
     p = madd::<F>(p, f, std::f32::consts::LN_2);
     p = madd::<F>(p, f, 1.0);
     // SAFETY: k is integral and within [-126, 0].
