@@ -204,7 +204,6 @@ def frontend_matrices(g: GraphBuilder, dtype=np.float64) -> tuple[str, str, str]
     m = g.op("Range", [g.ints("fe_zero", 0), g.ints("fe_halfwin", half_win), g.ints("fe_one", 1)], "fe_m")
     k = g.op("Range", [g.ints("fe_zero", 0), g.ints("fe_nbins", nb), g.ints("fe_one", 1)], "fe_k")
     mcol = g.op("Unsqueeze", [m, g.ints("fe_ax1", [1])], "fe_mcol")  # [200, 1]
-    kcol = g.op("Unsqueeze", [k, g.ints("fe_ax1", [1])], "fe_kcol")  # [257, 1]
     mk = g.op("Mul", [mcol, g.op("Unsqueeze", [k, g.ints("fe_ax0", [0])], "fe_krow")], "fe_mk")
     idx = g.op("Mod", [mk, g.ints("fe_nfft", nfft)], "fe_idx")  # exact phase index, int64 [200, 257]
     phase = g.op("Mul", [g.op("Cast", [idx], "fe_idxf", to=f64), g.const("fe_dphi", 2 * math.pi / nfft, np.float64)],
@@ -218,7 +217,20 @@ def frontend_matrices(g: GraphBuilder, dtype=np.float64) -> tuple[str, str, str]
                                              g.op("Mul", [row0, half], "fe_row0h")], "fe_rowscale")], "fe_hann_c")
     C = g.op("Mul", [g.op("Cos", [phase], "fe_cos"), hann_c], "fe_C64")
     S = g.op("Mul", [g.op("Sin", [phase], "fe_sin"), hann], "fe_S64")
-    # mel triangles on the FFT bin frequencies (Hz)
+    M = mel_matrix(g)
+    if np.dtype(dtype) != np.float64:
+        t = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        C, S, M = (g.op("Cast", [v], v[:-2], to=t) for v in (C, S, M))
+    return C, S, M
+
+
+def mel_matrix(g: GraphBuilder) -> str:
+    """The HTK mel filterbank ``M [257, 64]`` (float64) as constant-foldable ops: triangles on the
+    FFT bin frequencies (Hz)."""
+    nb, nfft = frontend.N_BINS, frontend.N_FFT
+    f64 = TensorProto.DOUBLE
+    k = g.op("Range", [g.ints("fe_zero", 0), g.ints("fe_nbins", nb), g.ints("fe_one", 1)], "fe_mk_k")
+    kcol = g.op("Unsqueeze", [k, g.ints("fe_ax1", [1])], "fe_mk_kcol")  # [257, 1]
     lo, inv_rise, hi, inv_fall = mel_constants()
     f = g.op("Mul", [g.op("Cast", [kcol], "fe_kf", to=f64), g.const("fe_binhz", frontend.SAMPLE_RATE / nfft, np.float64)],
              "fe_freq")
@@ -226,11 +238,13 @@ def frontend_matrices(g: GraphBuilder, dtype=np.float64) -> tuple[str, str, str]
                           g.const("fe_irise", inv_rise, np.float64)], "fe_rise")
     falling = g.op("Mul", [g.op("Sub", [g.const("fe_hi", hi, np.float64), f], "fe_fhi"),
                            g.const("fe_ifall", inv_fall, np.float64)], "fe_fall")
-    M = g.op("Max", [g.op("Min", [rising, falling], "fe_tri"), g.const("fe_zerof", 0.0, np.float64)], "fe_M64")
-    if np.dtype(dtype) != np.float64:
-        t = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
-        C, S, M = (g.op("Cast", [v], v[:-2], to=t) for v in (C, S, M))
-    return C, S, M
+    return g.op("Max", [g.op("Min", [rising, falling], "fe_tri"), g.const("fe_zerof", 0.0, np.float64)], "fe_M64")
+
+
+def fused_features(g: GraphBuilder, full: str) -> str:
+    """``MambaLogMel``: audio with history ``[B, 240 + T*160]`` -> log-mel ``[B, T, 64]`` (float32;
+    framing, window, power spectrum, mel and log in one op, float64 inside, CONTRACT.md §7)."""
+    return g.op("MambaLogMel", [full, mel_matrix(g)], "logmel", domain=FUSED_DOMAIN)
 
 
 def features(g: GraphBuilder, frames: str, dtype=np.float64) -> str:
@@ -416,12 +430,15 @@ def build_step_graph(weights: dict, config, metadata: dict[str, str],
     frame = g.op("Concat", [states["state.audio"], audio], "frame", axis=1)  # [B, 400]
     audio_next = g.op("Slice", [frame, g.ints("hist_start", [frontend.HOP]), g.ints("hist_end", [frontend.WIN]),
                                 g.ints("hist_axis", [1])], "audio_hist")
-    lm = features(g, frame, frontend_dtype)
     We, be = folded_embed(weights)
-    x = g.matmul_add(lm, g.const("embed_w", We), g.const("embed_b", be), "embed")
-    # the residual stream is [B, 1, D] (T = 1) so that every per-step tensor already has the
-    # rank the state update needs: no Unsqueeze/Flatten per layer
-    x = g.op("Unsqueeze", [x, g.ints("ax1", [1])], "x3")
+    if fused:  # [B, 1, 64] straight from the op
+        x = g.matmul_add(fused_features(g, frame), g.const("embed_w", We), g.const("embed_b", be), "embed")
+    else:
+        lm = features(g, frame, frontend_dtype)
+        x = g.matmul_add(lm, g.const("embed_w", We), g.const("embed_b", be), "embed")
+        # the residual stream is [B, 1, D] (T = 1) so that every per-step tensor already has the
+        # rank the state update needs: no Unsqueeze/Flatten per layer
+        x = g.op("Unsqueeze", [x, g.ints("ax1", [1])], "x3")
 
     nexts = {"state.audio": audio_next}
     for i in range(c.n_layers):
@@ -611,8 +628,7 @@ def build_chunk_graph(weights: dict, config, metadata: dict[str, str], frontend_
     full = g.op("Concat", [states["state.audio"], audio], "audio_full", axis=1)  # [B, 240 + T*160]
     audio_next = g.op("Slice", [full, g.ints("hist_neg", [-frontend.HISTORY]), g.ints("intmax", [INT_MAX]),
                                 g.ints("ax1", [1])], "audio_hist")
-    frames = chunk_frames_of(g, full)
-    lm = features(g, frames, frontend_dtype)  # [B, T, 64]
+    lm = fused_features(g, full) if fused else features(g, chunk_frames_of(g, full), frontend_dtype)  # [B, T, 64]
     We, be = folded_embed(weights)
     x = g.matmul_add(lm, g.const("embed_w", We), g.const("embed_b", be), "embed")  # [B, T, D]
 

@@ -65,6 +65,27 @@ def mamba_ssm(xc, xz, dbc, dt_w, dt_b, A, D, h):
     return y.astype(np.float32), h.astype(np.float32)
 
 
+def mamba_logmel(audio, mel):
+    """The front end (CONTRACT.md §4) for ``T`` hops: ``audio [B, 240 + 160 T]`` (history first),
+    ``mel [257, M]`` -> ``ln(power @ mel + 1e-6)`` ``[B, T, M]`` (float64 inside, float32 out)."""
+    from models import frontend
+
+    audio = np.asarray(audio, np.float64)
+    B, S = audio.shape
+    T = (S - frontend.HISTORY) // frontend.HOP
+    idx = np.arange(T)[:, None] * frontend.HOP + np.arange(frontend.WIN)[None, :]
+    frames = audio[:, idx]  # [B, T, 400]
+    power = frontend.power_spectrum(frames)  # [B, T, 257]
+    return np.log(power @ np.asarray(mel, np.float64) + frontend.LOG_EPS).astype(np.float32)
+
+
+class MambaLogMel(OpRun):
+    op_domain = DOMAIN
+
+    def _run(self, audio, mel):
+        return (mamba_logmel(audio, mel),)
+
+
 class MambaConv(OpRun):
     op_domain = DOMAIN
 
@@ -90,7 +111,7 @@ class FusedRunner:
         path = Path(path)
         # external data (weights.bin) is resolved against the graph's folder
         self.model = onnx.load(str(path), load_external_data=True)
-        self.ev = ReferenceEvaluator(self.model, new_ops=[MambaConv, MambaSsm])
+        self.ev = ReferenceEvaluator(self.model, new_ops=[MambaConv, MambaSsm, MambaLogMel])
         self.output_names = [o.name for o in self.model.graph.output]
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

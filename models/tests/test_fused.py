@@ -6,7 +6,8 @@ import numpy as np
 import onnx
 import pytest
 
-from models.fused_ops import FusedRunner, mamba_conv, mamba_ssm, uses_fused_ops
+from models import frontend
+from models.fused_ops import FusedRunner, mamba_conv, mamba_logmel, mamba_ssm, uses_fused_ops
 from models.reference import reference_scores
 from models.verify import check_contract, make_session, run_steps, test_signal, verify
 
@@ -22,6 +23,7 @@ def test_packages_have_fused_graphs(tiny_model, big_model):
             ops = [n.op_type for n in m.graph.node]
             n_layers = sum(1 for k in info.states if k.endswith(".ssm"))
             assert ops.count("MambaSsm") == ops.count("MambaConv") == n_layers
+            assert ops.count("MambaLogMel") == 1
             # far fewer nodes than the standard graph
             std = onnx.load(str(step_path.parent / f"{kind}.onnx"), load_external_data=False)
             assert len(m.graph.node) < 0.6 * len(std.graph.node)
@@ -103,3 +105,13 @@ def test_export_no_fused_removes_them(tmp_path, tiny_model, capsys):
     # the standard graphs still run alone
     s = make_session(tmp_path / "step.onnx")
     assert run_steps(s, test_signal(5)).shape[1] == 5
+
+
+def test_logmel_op_is_the_contract_front_end():
+    """MambaLogMel on history + T hops equals frontend.logmel of the stream (zero history)."""
+    audio = test_signal(37, seed=21)
+    full = np.concatenate([np.zeros(frontend.HISTORY), audio])[None].astype(np.float32)
+    got = mamba_logmel(full, frontend.mel_filterbank())[0]
+    want = frontend.logmel(audio.astype(np.float32))
+    assert got.shape == (37, frontend.N_MELS)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5)

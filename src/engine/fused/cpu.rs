@@ -3,7 +3,12 @@
 //! polynomials (≈1e-7 relative error) so that the channel loops vectorise; the
 //! `avx2,fma`-enabled copy is picked at run time where the CPU has it.
 
-use super::{ConvDims, SsmDims};
+use std::sync::Arc;
+
+use realfft::num_complex::Complex;
+use realfft::{RealFftPlanner, RealToComplex};
+
+use super::{ConvDims, LogMelDims, SsmDims, HOP, N_FFT, WIN};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -225,6 +230,86 @@ fn ssm_row_impl<const F: bool>(
         for ((((ov, &yv), &xv), &dv), &zv) in o.iter_mut().zip(&s.y).zip(x).zip(wt.d).zip(z) {
             *ov = (yv + xv * dv) * silu::<F>(zv);
         }
+    }
+}
+
+/// Address and length of a filterbank buffer.
+pub type MelKey = (usize, usize);
+/// One nonzero filterbank weight: `(bin, band, weight)`.
+pub type MelWeight = (u32, u32, f64);
+
+/// CPU kernel of `MambaLogMel`: a 512-point real FFT of each Hann-windowed frame (float64;
+/// the same power spectrum as the standard graphs' folded DFT to ~1e-13).
+pub struct LogMelCpu {
+    fft: Arc<dyn RealToComplex<f64>>,
+    hann: Vec<f64>,
+    /// Sparse filterbank of the last call, with the address and length it was built from (the
+    /// filterbank is a constant of the graph, so this is built once).
+    pub sparse_cache: Option<(MelKey, Vec<MelWeight>)>,
+}
+
+impl LogMelCpu {
+    pub fn new() -> Self {
+        let fft = RealFftPlanner::<f64>::new().plan_fft_forward(N_FFT);
+        let hann = (0..WIN)
+            .map(|n| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / WIN as f64).cos())
+            .collect();
+        Self {
+            fft,
+            hann,
+            sparse_cache: None,
+        }
+    }
+
+    /// The nonzero weights of a `[257, M]` filterbank as `(bin, band, weight)` (a mel
+    /// filterbank has ~2 per bin: triangles).
+    pub fn sparse(d: &LogMelDims, mel: &[f64]) -> Vec<MelWeight> {
+        mel.chunks_exact(d.m)
+            .enumerate()
+            .flat_map(|(k, row)| {
+                row.iter()
+                    .enumerate()
+                    .filter(|(_, &w)| w != 0.0)
+                    .map(move |(j, &w)| (k as u32, j as u32, w))
+            })
+            .collect()
+    }
+
+    /// One batch row: `x [S]` -> `out [T, M]`; `mel` from [`LogMelCpu::sparse`] (summed over
+    /// bins in order, as the dense product would).
+    pub fn row(&self, d: &LogMelDims, x: &[f32], mel: &[MelWeight], out: &mut [f32]) {
+        let mut buf = vec![0.0f64; N_FFT];
+        let mut spec = vec![Complex::new(0.0f64, 0.0); N_FFT / 2 + 1];
+        let mut scratch = self.fft.make_scratch_vec();
+        let mut power = vec![0.0f64; N_FFT / 2 + 1];
+        let mut acc = vec![0.0f64; d.m];
+        for t in 0..d.t {
+            let frame = &x[t * HOP..t * HOP + WIN];
+            for ((b, &v), &w) in buf.iter_mut().zip(frame).zip(&self.hann) {
+                *b = v as f64 * w;
+            }
+            buf[WIN..].fill(0.0);
+            // the buffer sizes are the plan's, so this cannot fail
+            let _ = self
+                .fft
+                .process_with_scratch(&mut buf, &mut spec, &mut scratch);
+            for (p, c) in power.iter_mut().zip(&spec) {
+                *p = c.re * c.re + c.im * c.im;
+            }
+            acc.fill(0.0);
+            for &(k, j, w) in mel {
+                acc[j as usize] += power[k as usize] * w;
+            }
+            for (o, &a) in out[t * d.m..(t + 1) * d.m].iter_mut().zip(&acc) {
+                *o = (a + 1e-6).ln() as f32;
+            }
+        }
+    }
+}
+
+impl Default for LogMelCpu {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -110,6 +110,7 @@ struct Module {
     ctx: CuContext,
     conv: CuFunction,
     ssm: CuFunction,
+    logmel: CuFunction,
 }
 
 // SAFETY: driver handles may be used from any thread.
@@ -153,7 +154,17 @@ fn module(device_id: i32) -> ort::Result<Arc<Module>> {
             (d.module_get_function)(&mut ssm, module, c"mamba_ssm".as_ptr()),
             "cuModuleGetFunction mamba_ssm",
         )?;
-        Arc::new(Module { ctx, conv, ssm })
+        let mut logmel: CuFunction = std::ptr::null_mut();
+        d.check(
+            (d.module_get_function)(&mut logmel, module, c"mamba_logmel".as_ptr()),
+            "cuModuleGetFunction mamba_logmel",
+        )?;
+        Arc::new(Module {
+            ctx,
+            conv,
+            ssm,
+            logmel,
+        })
     };
     map.insert(device_id, m.clone());
     Ok(m)
@@ -186,12 +197,25 @@ fn out_ptr(ctx: &ComputeContext, i: usize, shape: Vec<i64>) -> ort::Result<*mut 
     Ok(t.data_ptr().cast_mut())
 }
 
-/// Launches `f` on the op's stream with `args` (pointers to each kernel argument).
+/// Launches `f` on the op's stream with `args` (pointers to each kernel argument), `THREADS`
+/// threads per block.
 fn launch(
     ctx: &ComputeContext,
     m: &Module,
     f: CuFunction,
     grid: (u32, u32),
+    shared: u32,
+    args: &mut [*mut c_void],
+) -> ort::Result<()> {
+    launch_n(ctx, m, f, grid, THREADS, shared, args)
+}
+
+fn launch_n(
+    ctx: &ComputeContext,
+    m: &Module,
+    f: CuFunction,
+    grid: (u32, u32),
+    threads: u32,
     shared: u32,
     args: &mut [*mut c_void],
 ) -> ort::Result<()> {
@@ -205,7 +229,7 @@ fn launch(
             grid.0,
             grid.1,
             1,
-            THREADS,
+            threads,
             1,
             1,
             shared,
@@ -325,6 +349,55 @@ impl Kernel for SsmCuda {
         let grid = ((dm.e as u32).div_ceil(THREADS), dm.b as u32);
         let shared = ((dm.r + 2 * dm.n) * 4) as u32;
         launch(ctx, &self.0, self.0.ssm, grid, shared, &mut args)
+    }
+}
+
+pub struct LogMelCuda(Arc<Module>);
+
+impl LogMelCuda {
+    pub fn new(device_id: i32) -> ort::Result<Self> {
+        Ok(Self(module(device_id)?))
+    }
+}
+
+impl Kernel for LogMelCuda {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let audio = input(ctx, 0, "MambaLogMel")?;
+        let mel = input(ctx, 1, "MambaLogMel")?;
+        let d = super::LogMelDims::check(
+            &dims_of(&audio, "MambaLogMel audio")?,
+            &super::dims_of64(&mel, "MambaLogMel mel")?,
+        )?;
+        if d.m > 256 {
+            return Err(err(format!("MambaLogMel (CUDA): {} mel bands > 256", d.m)));
+        }
+        if d.b > 65_535 {
+            return Err(err(format!("MambaLogMel (CUDA): batch {} > 65535", d.b)));
+        }
+        let mut p = [
+            dev_ptr(audio, "audio")?,
+            dev_ptr(mel, "mel")?,
+            out_ptr(ctx, 0, vec![d.b as i64, d.t as i64, d.m as i64])?,
+        ];
+        if d.b == 0 || d.t == 0 {
+            return Ok(());
+        }
+        let (mut t, mut s, mut m) = (d.t as c_int, d.s as c_int, d.m as c_int);
+        let mut args: Vec<*mut c_void> = p.iter_mut().map(|x| x as *mut _ as *mut c_void).collect();
+        args.extend([
+            &mut t as *mut _ as *mut c_void,
+            &mut s as *mut _ as *mut c_void,
+            &mut m as *mut _ as *mut c_void,
+        ]);
+        launch_n(
+            ctx,
+            &self.0,
+            self.0.logmel,
+            (d.t as u32, d.b as u32),
+            256,
+            0,
+            &mut args,
+        )
     }
 }
 

@@ -128,3 +128,52 @@ extern "C" __global__ void mamba_ssm(const float* __restrict__ xc, const float* 
         }
     }
 }
+
+// Log-mel front end (CONTRACT.md §4) over T hops, in float64 like the standard graphs:
+//   audio [B, S] with S = 240 + T * 160 (the carried history, then the new hops)
+//   mel   [257, M] float64 mel filterbank (M <= 256)
+//   out   [B, T, M] float32: ln(mel^T |DFT512(hann400 * frame_t)|^2 + 1e-6)
+// frame t = audio[b, t*160 : t*160 + 400]. One block of 256 threads per (t, b): the frame is
+// windowed into shared memory in bit-reversed order and transformed by a radix-2 complex FFT.
+// grid (T, B), block 256
+extern "C" __global__ void mamba_logmel(const float* __restrict__ audio, const double* __restrict__ mel,
+                                        float* __restrict__ out, int T, int S, int M) {
+    __shared__ double re[512];
+    __shared__ double im[512];
+    const int t = blockIdx.x;
+    const long b = blockIdx.y;
+    const float* x = audio + b * S + (long)t * 160;
+    for (int n = threadIdx.x; n < 512; n += blockDim.x) {
+        const int r = __brev(n) >> 23;  // 9-bit reversal
+        double v = 0.0;
+        if (n < 400) v = (double)x[n] * (0.5 - 0.5 * cospi((double)n / 200.0));
+        re[r] = v;
+        im[r] = 0.0;
+    }
+    __syncthreads();
+    for (int half = 1; half < 512; half <<= 1) {
+        const int i = threadIdx.x;  // one butterfly per thread: 256 per stage
+        const int j = i % half;
+        const int a = (i / half) * 2 * half + j;
+        const int c = a + half;
+        double s, co;
+        sincospi(-(double)j / (double)half, &s, &co);
+        const double tr = re[c] * co - im[c] * s;
+        const double ti = re[c] * s + im[c] * co;
+        const double ar = re[a], ai = im[a];
+        __syncthreads();
+        re[a] = ar + tr;
+        im[a] = ai + ti;
+        re[c] = ar - tr;
+        im[c] = ai - ti;
+        __syncthreads();
+    }
+    // power spectrum of bins 0..256 into re[]
+    for (int k = threadIdx.x; k < 257; k += blockDim.x) re[k] = re[k] * re[k] + im[k] * im[k];
+    __syncthreads();
+    for (int m = threadIdx.x; m < M; m += blockDim.x) {
+        double acc = 0.0;
+        for (int k = 0; k < 257; k++) acc += re[k] * mel[k * M + m];
+        out[(b * T + t) * M + m] = (float)log(acc + 1e-6);
+    }
+}

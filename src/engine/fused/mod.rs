@@ -11,7 +11,11 @@
 //!   scan over `T` hops, the `D` skip and the `SiLU(z)` gate (`z` = channels `[E, 2E)` of
 //!   `xz`; `dbc [B, T, R + 2N]` = x_proj output).
 //!
-//! `T` is taken from the inputs, so the same two ops serve the step graph (`T = 1`) and the
+//! * `MambaLogMel(audio, mel) -> logmel`: the contract's front end (§4) for `T` hops: frames of
+//!   400 samples every 160 from `audio [B, 240 + 160·T]` (history first), periodic Hann
+//!   window, 512-point power spectrum, `mel [257, M]` filterbank, `ln(· + 1e-6)`, in float64.
+//!
+//! `T` is taken from the inputs, so the same ops serve the step graph (`T = 1`) and the
 //! chunk graph. Each has a CPU kernel (Rust, [`cpu`]) and, with `--features cuda`, a CUDA
 //! kernel (`kernels.cu`, loaded as PTX through the driver API, [`cuda`]); both walk the hops
 //! with the state in registers/cache, reading and writing it once per call.
@@ -42,10 +46,14 @@ pub enum Ep {
 pub fn domain(cuda_device: Option<i32>) -> ort::Result<OperatorDomain> {
     let d = OperatorDomain::new(DOMAIN)?
         .add(ConvOp(Ep::Cpu))?
-        .add(SsmOp(Ep::Cpu))?;
+        .add(SsmOp(Ep::Cpu))?
+        .add(LogMelOp(Ep::Cpu))?;
     #[cfg(feature = "cuda")]
     if let Some(id) = cuda_device {
-        return d.add(ConvOp(Ep::Cuda(id)))?.add(SsmOp(Ep::Cuda(id)));
+        return d
+            .add(ConvOp(Ep::Cuda(id)))?
+            .add(SsmOp(Ep::Cuda(id)))?
+            .add(LogMelOp(Ep::Cuda(id)));
     }
     let _ = cuda_device;
     Ok(d)
@@ -64,6 +72,19 @@ fn dims_of(v: &ort::value::ValueRef<'_>, what: &str) -> ort::Result<Vec<usize>> 
         } => Ok(shape.iter().map(|&d| d.max(0) as usize).collect()),
         other => Err(err(format!(
             "{what}: expected a float32 tensor, got {other}"
+        ))),
+    }
+}
+
+fn dims_of64(v: &ort::value::ValueRef<'_>, what: &str) -> ort::Result<Vec<usize>> {
+    match v.dtype() {
+        ValueType::Tensor {
+            ty: TensorElementType::Float64,
+            shape,
+            ..
+        } => Ok(shape.iter().map(|&d| d.max(0) as usize).collect()),
+        other => Err(err(format!(
+            "{what}: expected a float64 tensor, got {other}"
         ))),
     }
 }
@@ -146,6 +167,119 @@ impl SsmDims {
     }
 }
 
+/// Front-end sizes (CONTRACT.md §4).
+pub const WIN: usize = 400;
+pub const HOP: usize = 160;
+pub const N_FFT: usize = 512;
+pub const HISTORY: usize = WIN - HOP;
+
+/// Sizes of one `MambaLogMel` call.
+#[derive(Debug, Clone, Copy)]
+pub struct LogMelDims {
+    pub b: usize,
+    /// Samples per row: `HISTORY + T·HOP`.
+    pub s: usize,
+    pub t: usize,
+    /// Mel bands.
+    pub m: usize,
+}
+
+impl LogMelDims {
+    fn check(audio: &[usize], mel: &[usize]) -> ort::Result<Self> {
+        if audio.len() != 2 || audio[1] < HISTORY || (audio[1] - HISTORY) % HOP != 0 {
+            return Err(err(format!(
+                "MambaLogMel: audio shape {audio:?}, expected [B, {HISTORY} + T*{HOP}]"
+            )));
+        }
+        if mel.len() != 2 || mel[0] != N_FFT / 2 + 1 || mel[1] == 0 {
+            return Err(err(format!(
+                "MambaLogMel: mel shape {mel:?}, expected [{}, M]",
+                N_FFT / 2 + 1
+            )));
+        }
+        Ok(Self {
+            b: audio[0],
+            s: audio[1],
+            t: (audio[1] - HISTORY) / HOP,
+            m: mel[1],
+        })
+    }
+}
+
+/// `MambaLogMel`.
+pub struct LogMelOp(pub Ep);
+
+impl Operator for LogMelOp {
+    type Kernel<'attr> = BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        "MambaLogMel"
+    }
+
+    fn execution_provider_type(&self) -> Option<&str> {
+        ep_name(self.0)
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [
+            OperatorInput::required(F32),
+            OperatorInput::required(TensorElementType::Float64),
+        ]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(F32)]
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        match self.0 {
+            Ep::Cpu => Ok(Box::new(cpu::LogMelCpu::new())),
+            #[cfg(feature = "cuda")]
+            Ep::Cuda(id) => Ok(Box::new(cuda::LogMelCuda::new(id)?)),
+        }
+    }
+}
+
+impl Kernel for cpu::LogMelCpu {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let audio = input(ctx, 0, "MambaLogMel")?;
+        let mel = input(ctx, 1, "MambaLogMel")?;
+        let d = LogMelDims::check(
+            &dims_of(&audio, "MambaLogMel audio")?,
+            &dims_of64(&mel, "MambaLogMel mel")?,
+        )?;
+        let x = host_slice(&audio, "MambaLogMel audio")?;
+        let mel = mel
+            .try_extract_tensor::<f64>()
+            .map(|(_, s)| s)
+            .map_err(|e| err(format!("MambaLogMel mel: {e}")))?;
+        let key = (mel.as_ptr() as usize, mel.len());
+        if self.sparse_cache.as_ref().is_none_or(|(k, _)| *k != key) {
+            self.sparse_cache = Some((key, cpu::LogMelCpu::sparse(&d, mel)));
+        }
+        let mel = self
+            .sparse_cache
+            .as_ref()
+            .map(|(_, v)| v.as_slice())
+            .unwrap_or(&[]);
+        let out = host_out(ctx, 0, vec![d.b as i64, d.t as i64, d.m as i64])?;
+        let out_p = SendPtr(out.data_ptr().cast_mut().cast());
+        let rt = d.t * d.m;
+        let this = &*self;
+        let row = |i: usize| {
+            // SAFETY: row i's range of the output, disjoint across rows.
+            let o = unsafe { std::slice::from_raw_parts_mut(out_p.get().add(i * rt), rt) };
+            this.row(&d, &x[i * d.s..(i + 1) * d.s], mel, o);
+        };
+        if d.b <= 1 {
+            (0..d.b).for_each(row);
+            Ok(())
+        } else {
+            ctx.par_for(d.b, d.b, row)
+        }
+    }
+}
+
 /// `MambaConv`.
 pub struct ConvOp(pub Ep);
 /// `MambaSsm`.
@@ -223,6 +357,13 @@ struct SendPtr(*mut f32);
 // SAFETY: each closure call writes only its own batch row's range.
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper, not its field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
 
 fn host_slice<'a>(v: &'a ort::value::ValueRef<'_>, what: &str) -> ort::Result<&'a [f32]> {
     v.try_extract_tensor::<f32>()
