@@ -5,5 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/test-deps.sh
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
+# the CUDA code paths (fused-op kernels, page-locking) compile and lint without a GPU
+cargo clippy --all-targets --features cuda --target-dir target/cuda -- -D warnings
 cargo test
 python3 -m pytest -q models/tests
