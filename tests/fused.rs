@@ -186,3 +186,28 @@ fn kernels_fused_without_a_fused_graph_is_a_clear_error() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("no fused graph"), "{}", stderr(&o));
 }
+
+/// A fused graph whose operator inputs have the wrong shape (layer 0's `A` is `[N-1, E]`):
+/// loading works (the ops' shapes are checked when they run), the first step fails with an
+/// error that names the operator and the shapes, and the CLI exits non-zero — no panic.
+#[test]
+fn a_broken_fused_graph_is_a_clear_error() {
+    let bad = repo().join("tests/data/bad-fused-step.onnx");
+    let mut e = Engine::load(&bad, &opts(Kernels::Auto), 1, 1).expect("loads");
+    let err = format!("{:#}", e.run(&[true]).err().expect("the step must fail"));
+    assert!(
+        err.contains("MambaSsm A: shape [3, 32], expected [4, 32]"),
+        "{err}"
+    );
+    let wav = sine_wav();
+    let o = mambatag(&[
+        "tag",
+        "--model",
+        bad.to_str().unwrap(),
+        wav.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let msg = stderr(&o);
+    assert!(msg.contains("MambaSsm"), "{msg}");
+    assert!(!msg.contains("panicked"), "{msg}");
+}

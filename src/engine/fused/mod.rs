@@ -149,20 +149,20 @@ pub struct SsmDims {
 impl SsmDims {
     fn check(s: &[Vec<usize>; 8]) -> ort::Result<Self> {
         let [xc, xz, dbc, dt_w, dt_b, a, d, h] = s;
-        if a.len() != 2 || dt_w.len() != 2 || xc.len() != 3 {
+        // sizes from the recurrent state (checked against the contract at load) and dt_w
+        if h.len() != 3 || dt_w.len() != 2 || xc.len() != 3 {
             return Err(err(format!(
-                "MambaSsm: A {a:?} / dt_w {dt_w:?} / xc {xc:?} must be [N, E] / [R, E] / [B, T, E]"
+                "MambaSsm: h {h:?} / dt_w {dt_w:?} / xc {xc:?} must be [B, N, E] / [R, E] / [B, T, E]"
             )));
         }
-        let (n, e, r) = (a[0], a[1], dt_w[0]);
-        let (b, t) = (xc[0], xc[1]);
+        let (b, n, e, r, t) = (h[0], h[1], h[2], dt_w[0], xc[1]);
+        expect("MambaSsm A", a, &[n, e])?;
         expect("MambaSsm xc", xc, &[b, t, e])?;
         expect("MambaSsm xz", xz, &[b, t, 2 * e])?;
         expect("MambaSsm dbc", dbc, &[b, t, r + 2 * n])?;
         expect("MambaSsm dt_w", dt_w, &[r, e])?;
         expect("MambaSsm dt_b", dt_b, &[e])?;
         expect("MambaSsm D", d, &[e])?;
-        expect("MambaSsm h", h, &[b, n, e])?;
         Ok(Self { b, t, e, n, r })
     }
 }
