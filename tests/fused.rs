@@ -194,7 +194,7 @@ fn kernels_fused_without_a_fused_graph_is_a_clear_error() {
 fn a_broken_fused_graph_is_a_clear_error() {
     let bad = repo().join("tests/data/bad-fused-step.onnx");
     let mut e = Engine::load(&bad, &opts(Kernels::Auto), 1, 1).expect("loads");
-    let err = format!("{:#}", e.run(&[true]).err().expect("the step must fail"));
+    let err = format!("{:#}", e.run(&[true]).expect_err("the step must fail"));
     assert!(
         err.contains("MambaSsm A: shape [3, 32], expected [4, 32]"),
         "{err}"
