@@ -121,6 +121,9 @@ pub struct Engine {
     /// are freed.
     #[cfg(feature = "cuda")]
     pins: Option<fused::cuda::HostPins>,
+    /// Driver-API copies for the per-step audio/scores transfers (CUDA; `None`: ORT's copies).
+    #[cfg(feature = "cuda")]
+    copier: Option<fused::cuda::Copier>,
     /// Host-side audio and scores (what callers read and write).
     audio: Tensor<f32>,
     scores: Tensor<f32>,
@@ -201,6 +204,8 @@ impl Engine {
             cap,
             #[cfg(feature = "cuda")]
             pins: None,
+            #[cfg(feature = "cuda")]
+            copier: None,
             audio: t.audio,
             scores: t.scores,
             dev_io: t.dev_io,
@@ -230,6 +235,11 @@ impl Engine {
             let (p, n) = fused::cuda::HostPins::new(_device_id, &[(a, na), (s, ns)]);
             tracing::debug!("page-locked {n} of 2 host I/O buffers");
             self.pins = Some(p);
+            if self.copier.is_none() && std::env::var_os("MAMBATAG_ORT_COPIES").is_none() {
+                self.copier = fused::cuda::Copier::new(_device_id)
+                    .map_err(|e| tracing::debug!("driver copies unavailable ({e}); using ORT's"))
+                    .ok();
+            }
         }
     }
 
@@ -275,6 +285,18 @@ impl Engine {
         debug_assert_eq!(advance.len(), self.cap);
         let t0 = Instant::now();
         if let Some((a, _)) = self.dev_io.as_mut() {
+            #[cfg(feature = "cuda")]
+            if let Some(c) = &self.copier {
+                let bytes = self.cap * self.frames_per_call * self.info.hop * 4;
+                // SAFETY: both tensors hold `cap × samples_per_call` floats; `a` is device memory.
+                unsafe { c.to_device(a.data_ptr_mut(), self.audio.data_ptr(), bytes) }
+                    .context("copying audio to the device")?;
+            } else {
+                self.audio
+                    .copy_into(a)
+                    .context("copying audio to the device")?;
+            }
+            #[cfg(not(feature = "cuda"))]
             self.audio
                 .copy_into(a)
                 .context("copying audio to the device")?;
@@ -290,6 +312,17 @@ impl Engine {
         drop(outputs);
         let t2 = Instant::now();
         if let Some((_, s)) = self.dev_io.as_ref() {
+            #[cfg(feature = "cuda")]
+            if let Some(c) = &self.copier {
+                let bytes = self.cap * self.frames_per_call * self.info.num_labels() * 4;
+                // SAFETY: both tensors hold `cap × frames × labels` floats; `s` is device memory.
+                unsafe { c.to_host(self.scores.data_ptr_mut(), s.data_ptr(), bytes) }
+                    .context("copying scores from the device")?;
+            } else {
+                s.copy_into(&mut self.scores)
+                    .context("copying scores from the device")?;
+            }
+            #[cfg(not(feature = "cuda"))]
             s.copy_into(&mut self.scores)
                 .context("copying scores from the device")?;
         }

@@ -46,6 +46,8 @@ struct Driver {
     ) -> CuResult,
     error_string: unsafe extern "C" fn(CuResult, *mut *const c_char) -> CuResult,
     host_register: unsafe extern "C" fn(*mut c_void, usize, c_uint) -> CuResult,
+    memcpy_htod: unsafe extern "C" fn(u64, *const c_void, usize) -> CuResult,
+    memcpy_dtoh: unsafe extern "C" fn(*mut c_void, u64, usize) -> CuResult,
     host_unregister: unsafe extern "C" fn(*mut c_void) -> CuResult,
 }
 
@@ -77,6 +79,8 @@ impl Driver {
             launch: sym!(b"cuLaunchKernel"),
             error_string: sym!(b"cuGetErrorString"),
             host_register: sym!(b"cuMemHostRegister_v2"),
+            memcpy_htod: sym!(b"cuMemcpyHtoD_v2"),
+            memcpy_dtoh: sym!(b"cuMemcpyDtoH_v2"),
             host_unregister: sym!(b"cuMemHostUnregister"),
             _lib: lib,
         })
@@ -446,5 +450,57 @@ impl Drop for HostPins {
                 unsafe { (d.host_unregister)(p) };
             }
         }
+    }
+}
+
+/// Synchronous copies between host memory and device memory through the driver, for the
+/// engine's per-step audio upload and scores download: ≈ 5 µs for a few hundred bytes where
+/// ORT's `copy_into` takes ≈ 20 µs. Both run between session runs (ORT has synchronised its
+/// stream when a run returns), so ordering with the model's kernels is by program order.
+pub struct Copier {
+    module: Arc<Module>,
+}
+
+impl Copier {
+    pub fn new(device_id: i32) -> ort::Result<Self> {
+        Ok(Self {
+            module: module(device_id)?,
+        })
+    }
+
+    /// `bytes` from host `src` to device `dst`.
+    ///
+    /// # Safety
+    /// `src` must be readable and `dst` a device allocation writable for `bytes` bytes.
+    pub unsafe fn to_device(
+        &self,
+        dst: *mut c_void,
+        src: *const c_void,
+        bytes: usize,
+    ) -> ort::Result<()> {
+        let d = driver()?;
+        enter(d, &self.module)?;
+        d.check(
+            unsafe { (d.memcpy_htod)(dst as u64, src, bytes) },
+            "cuMemcpyHtoD",
+        )
+    }
+
+    /// `bytes` from device `src` to host `dst`.
+    ///
+    /// # Safety
+    /// `src` must be a device allocation readable and `dst` writable for `bytes` bytes.
+    pub unsafe fn to_host(
+        &self,
+        dst: *mut c_void,
+        src: *const c_void,
+        bytes: usize,
+    ) -> ort::Result<()> {
+        let d = driver()?;
+        enter(d, &self.module)?;
+        d.check(
+            unsafe { (d.memcpy_dtoh)(dst, src as u64, bytes) },
+            "cuMemcpyDtoH",
+        )
     }
 }
