@@ -431,8 +431,12 @@ def build_step_graph(weights: dict, config, metadata: dict[str, str],
     audio_next = g.op("Slice", [frame, g.ints("hist_start", [frontend.HOP]), g.ints("hist_end", [frontend.WIN]),
                                 g.ints("hist_axis", [1])], "audio_hist")
     We, be = folded_embed(weights)
-    if fused:  # [B, 1, 64] straight from the op
-        x = g.matmul_add(fused_features(g, frame), g.const("embed_w", We), g.const("embed_b", be), "embed")
+    if fused:
+        # a 2-D residual stream [B, D] (the ops take [B, X] as T = 1): ORT then fuses each
+        # MatMul + Add (embedding, out_proj + residual, head) into one Gemm
+        lm = g.op("Reshape", [fused_features(g, frame), g.ints(f"shape_m1_{frontend.N_MELS}", [-1, frontend.N_MELS])],
+                  "logmel2d")
+        x = g.matmul_add(lm, g.const("embed_w", We), g.const("embed_b", be), "embed")
     else:
         lm = features(g, frame, frontend_dtype)
         x = g.matmul_add(lm, g.const("embed_w", We), g.const("embed_b", be), "embed")

@@ -26,7 +26,11 @@ DOMAIN = "ai.mambatag"
 
 def mamba_conv(xz, state, w, b):
     """Causal depthwise conv + SiLU. ``xz [B, T, 2E]`` (x = channels ``[0, E)``), ``state
-    [B, K-1, E]``, ``w [K, E]``, ``b [E]`` -> ``(xc [B, T, E], state' [B, K-1, E])``."""
+    [B, K-1, E]``, ``w [K, E]``, ``b [E]`` -> ``(xc [B, T, E], state' [B, K-1, E])``; rank-2
+    ``xz [B, 2E]`` is one hop and gives ``xc [B, E]``."""
+    if np.ndim(xz) == 2:
+        y, s = mamba_conv(np.asarray(xz)[:, None], state, w, b)
+        return y[:, 0], s
     K, E = w.shape
     x = np.asarray(xz, np.float64)[:, :, :E]
     pad = np.concatenate([np.asarray(state, np.float64), x], axis=1)  # [B, T + K - 1, E]
@@ -47,6 +51,10 @@ def mamba_ssm(xc, xz, dbc, dt_w, dt_b, A, D, h):
         h  = exp(dt * A) * h + B^T (dt * x)      (per hop)
         y  = (C h + D * x) * SiLU(z)
     """
+    if np.ndim(xc) == 2:  # one hop, [B, X] tensors
+        y, h2 = mamba_ssm(np.asarray(xc)[:, None], np.asarray(xz)[:, None], np.asarray(dbc)[:, None],
+                          dt_w, dt_b, A, D, h)
+        return y[:, 0], h2
     N, E = A.shape
     R = dt_w.shape[0]
     f = lambda a: np.asarray(a, np.float64)  # noqa: E731

@@ -271,7 +271,7 @@ impl Kernel for ConvCuda {
             .zip(["xz", "conv_state", "w", "b"])
             .map(|(v, n)| dev_ptr(v, n))
             .collect::<ort::Result<_>>()?;
-        p.push(out_ptr(ctx, 0, vec![d.b as i64, d.t as i64, d.e as i64])?);
+        p.push(out_ptr(ctx, 0, d.out())?);
         p.push(out_ptr(
             ctx,
             1,
@@ -325,11 +325,7 @@ impl Kernel for SsmCuda {
             .zip(names)
             .map(|(v, n)| dev_ptr(v, n))
             .collect::<ort::Result<_>>()?;
-        p.push(out_ptr(
-            ctx,
-            0,
-            vec![dm.b as i64, dm.t as i64, dm.e as i64],
-        )?);
+        p.push(out_ptr(ctx, 0, dm.out())?);
         p.push(out_ptr(
             ctx,
             1,

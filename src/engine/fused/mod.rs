@@ -24,11 +24,12 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 
+use ort::operator::ShapeInferenceContext;
 use ort::operator::{
     BoxedKernel, ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput,
     OperatorOutput,
 };
-use ort::value::{DynTensorValueType, TensorElementType, ValueType};
+use ort::value::{DynTensorValueType, Shape, SymbolicDimensions, TensorElementType, ValueType};
 
 /// The ONNX domain of the fused ops.
 pub const DOMAIN: &str = "ai.mambatag";
@@ -40,6 +41,38 @@ pub enum Ep {
     /// CUDA device id.
     #[cfg(feature = "cuda")]
     Cuda(i32),
+}
+
+/// Output types for ORT's shape inference: knowing the outputs' ranks lets ORT fuse the
+/// MatMul + Add after an op into a Gemm (the step graph's out_proj + residual).
+fn tensor_parts(t: &ValueType) -> Option<(Vec<i64>, Vec<String>)> {
+    match t {
+        ValueType::Tensor {
+            shape,
+            dimension_symbols,
+            ..
+        } => Some((shape.to_vec(), dimension_symbols.iter().cloned().collect())),
+        _ => None,
+    }
+}
+
+fn f32_tensor(dims: Vec<i64>, syms: Vec<String>) -> ValueType {
+    ValueType::Tensor {
+        ty: TensorElementType::Float32,
+        shape: Shape::new(dims),
+        dimension_symbols: SymbolicDimensions::new(syms),
+    }
+}
+
+/// Output `i` has the type of input `j`.
+fn same_as(ctx: &mut ShapeInferenceContext, pairs: &[(usize, usize)]) -> ort::Result<()> {
+    let ins = ctx.inputs();
+    for &(o, i) in pairs {
+        if let Some(t) = ins.get(i) {
+            ctx.set_output(o, t)?;
+        }
+    }
+    Ok(())
 }
 
 /// The op domain with the CPU kernels, plus the CUDA ones when `cuda_device` is given.
@@ -106,6 +139,25 @@ fn expect(what: &str, got: &[usize], want: &[usize]) -> ort::Result<()> {
     }
 }
 
+/// `[B, T, X]`, or `[B, X]` with `T = 1` (rank-2 inputs give rank-2 outputs: the step graph's
+/// residual stream is 2-D so that ORT fuses out_proj + residual Add into one Gemm).
+fn bt(x: &[usize]) -> Option<(usize, usize, usize)> {
+    match *x {
+        [b, t, w] => Some((b, t, w)),
+        [b, w] => Some((b, 1, w)),
+        _ => None,
+    }
+}
+
+/// The shape `[B, T, w]` (or `[B, w]` when the inputs were rank 2).
+fn out_shape(rank3: bool, b: usize, t: usize, w: usize) -> Vec<i64> {
+    if rank3 {
+        vec![b as i64, t as i64, w as i64]
+    } else {
+        vec![b as i64, w as i64]
+    }
+}
+
 /// Sizes of one `MambaConv` call.
 #[derive(Debug, Clone, Copy)]
 pub struct ConvDims {
@@ -113,6 +165,15 @@ pub struct ConvDims {
     pub t: usize,
     pub e: usize,
     pub k: usize,
+    /// Inputs were `[B, T, …]` (else `[B, …]`, `T = 1`).
+    pub rank3: bool,
+}
+
+impl ConvDims {
+    /// `xc`'s shape.
+    pub fn out(&self) -> Vec<i64> {
+        out_shape(self.rank3, self.b, self.t, self.e)
+    }
 }
 
 impl ConvDims {
@@ -123,16 +184,21 @@ impl ConvDims {
             )));
         }
         let (k, e) = (w[0], w[1]);
-        if xz.len() != 3 {
+        let Some((b, t, w2)) = bt(xz) else {
             return Err(err(format!(
-                "MambaConv: xz shape {xz:?}, expected [B, T, 2E]"
+                "MambaConv: xz shape {xz:?}, expected [B, T, 2E] or [B, 2E]"
             )));
-        }
-        let (b, t) = (xz[0], xz[1]);
-        expect("MambaConv xz", xz, &[b, t, 2 * e])?;
+        };
+        expect("MambaConv xz width", &[w2], &[2 * e])?;
         expect("MambaConv conv_state", state, &[b, k - 1, e])?;
         expect("MambaConv bias", bias, &[e])?;
-        Ok(Self { b, t, e, k })
+        Ok(Self {
+            b,
+            t,
+            e,
+            k,
+            rank3: xz.len() == 3,
+        })
     }
 }
 
@@ -144,26 +210,50 @@ pub struct SsmDims {
     pub e: usize,
     pub n: usize,
     pub r: usize,
+    pub rank3: bool,
+}
+
+impl SsmDims {
+    /// `y`'s shape.
+    pub fn out(&self) -> Vec<i64> {
+        out_shape(self.rank3, self.b, self.t, self.e)
+    }
 }
 
 impl SsmDims {
     fn check(s: &[Vec<usize>; 8]) -> ort::Result<Self> {
         let [xc, xz, dbc, dt_w, dt_b, a, d, h] = s;
         // sizes from the recurrent state (checked against the contract at load) and dt_w
-        if h.len() != 3 || dt_w.len() != 2 || xc.len() != 3 {
+        if h.len() != 3 || dt_w.len() != 2 || bt(xc).is_none() {
             return Err(err(format!(
                 "MambaSsm: h {h:?} / dt_w {dt_w:?} / xc {xc:?} must be [B, N, E] / [R, E] / [B, T, E]"
             )));
         }
-        let (b, n, e, r, t) = (h[0], h[1], h[2], dt_w[0], xc[1]);
+        let (b, n, e, r) = (h[0], h[1], h[2], dt_w[0]);
+        let t = bt(xc).map_or(1, |x| x.1);
+        let rank3 = xc.len() == 3;
+        let shape = |w: usize| -> Vec<usize> {
+            if rank3 {
+                vec![b, t, w]
+            } else {
+                vec![b, w]
+            }
+        };
         expect("MambaSsm A", a, &[n, e])?;
-        expect("MambaSsm xc", xc, &[b, t, e])?;
-        expect("MambaSsm xz", xz, &[b, t, 2 * e])?;
-        expect("MambaSsm dbc", dbc, &[b, t, r + 2 * n])?;
+        expect("MambaSsm xc", xc, &shape(e))?;
+        expect("MambaSsm xz", xz, &shape(2 * e))?;
+        expect("MambaSsm dbc", dbc, &shape(r + 2 * n))?;
         expect("MambaSsm dt_w", dt_w, &[r, e])?;
         expect("MambaSsm dt_b", dt_b, &[e])?;
         expect("MambaSsm D", d, &[e])?;
-        Ok(Self { b, t, e, n, r })
+        Ok(Self {
+            b,
+            t,
+            e,
+            n,
+            r,
+            rank3,
+        })
     }
 }
 
@@ -229,6 +319,27 @@ impl Operator for LogMelOp {
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
         [OperatorOutput::required(F32)]
+    }
+
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        let ins = ctx.inputs();
+        if let (Some((a, asy)), Some((m, _))) = (
+            ins.first().and_then(tensor_parts),
+            ins.get(1).and_then(tensor_parts),
+        ) {
+            let b = a.first().copied().unwrap_or(-1);
+            let bs = asy.first().cloned().unwrap_or_default();
+            let t = a
+                .get(1)
+                .filter(|&&s| s >= HISTORY as i64)
+                .map_or(-1, |&s| (s - HISTORY as i64) / HOP as i64);
+            let mm = m.get(1).copied().unwrap_or(-1);
+            ctx.set_output(
+                0,
+                &f32_tensor(vec![b, t, mm], vec![bs, String::new(), String::new()]),
+            )?;
+        }
+        Ok(())
     }
 
     fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
@@ -314,6 +425,24 @@ impl Operator for ConvOp {
         std::iter::repeat_with(|| OperatorOutput::required(F32)).take(2)
     }
 
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        let ins = ctx.inputs();
+        let (Some((mut d, mut sy)), Some((w, _))) = (
+            ins.first().and_then(tensor_parts),
+            ins.get(2).and_then(tensor_parts),
+        ) else {
+            return Ok(());
+        };
+        if let (Some(last), Some(&e)) = (d.last_mut(), w.get(1)) {
+            *last = e;
+        }
+        if let Some(l) = sy.last_mut() {
+            l.clear();
+        }
+        ctx.set_output(0, &f32_tensor(d, sy))?;
+        same_as(ctx, &[(1, 1)])
+    }
+
     fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         match self.0 {
             Ep::Cpu => Ok(Box::new(ConvCpu)),
@@ -340,6 +469,10 @@ impl Operator for SsmOp {
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
         std::iter::repeat_with(|| OperatorOutput::required(F32)).take(2)
+    }
+
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        same_as(ctx, &[(0, 0), (1, 7)])
     }
 
     fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
@@ -398,8 +531,8 @@ impl Kernel for ConvCpu {
         let st = host_slice(&ins[1], "MambaConv conv_state")?;
         let w = host_slice(&ins[2], "MambaConv weight")?;
         let bias = host_slice(&ins[3], "MambaConv bias")?;
-        let (b, t, e, k) = (d.b as i64, d.t as i64, d.e as i64, d.k as i64);
-        let xc = host_out(ctx, 0, vec![b, t, e])?;
+        let (b, e, k) = (d.b as i64, d.e as i64, d.k as i64);
+        let xc = host_out(ctx, 0, d.out())?;
         let nx = host_out(ctx, 1, vec![b, k - 1, e])?;
         let (xc_p, nx_p) = (
             SendPtr(xc.data_ptr().cast_mut().cast()),
@@ -452,8 +585,8 @@ impl Kernel for SsmCpu {
             .zip(names)
             .map(|(v, n)| host_slice(v, n))
             .collect::<ort::Result<_>>()?;
-        let (b, t, e, n) = (dm.b as i64, dm.t as i64, dm.e as i64, dm.n as i64);
-        let y = host_out(ctx, 0, vec![b, t, e])?;
+        let (b, e, n) = (dm.b as i64, dm.e as i64, dm.n as i64);
+        let y = host_out(ctx, 0, dm.out())?;
         let h = host_out(ctx, 1, vec![b, n, e])?;
         let (y_p, h_p) = (
             SendPtr(y.data_ptr().cast_mut().cast()),
