@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Also measure the chunk graph (offline path) at these batch sizes: stream-frames per second.
     #[arg(long = "chunk-streams", value_delimiter = ',')]
     pub chunk_streams: Vec<usize>,
+    /// Fewest steps timed at any batch size (above 16 streams the count is scaled down as
+    /// `steps × 16 / streams`; raise this for a firmer p99 at large batches).
+    #[arg(long = "min-steps", default_value_t = 50)]
+    pub min_steps: usize,
     /// Hops per chunk-graph call (0: the model's preferred `mambatag.chunk_frames`).
     #[arg(long = "chunk-frames", default_value_t = 0)]
     pub chunk_frames: usize,
@@ -109,7 +113,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         let steps = if b <= 16 {
             a.steps
         } else {
-            (a.steps * 16 / b).max(50)
+            (a.steps * 16 / b).max(a.min_steps.max(1))
         };
         results.push(measure(&mut engine, steps)?);
     }
