@@ -33,10 +33,7 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
     // fused-operator variants shipped next to them
     let fused: Vec<_> = graphs
         .iter()
-        .filter_map(|g| {
-            let f = g.with_file_name(format!("{}-fused.onnx", g.file_stem()?.to_str()?));
-            f.is_file().then_some(f)
-        })
+        .filter_map(|g| mambatag::engine::fused_sibling(g).filter(|f| f.is_file()))
         .collect();
     graphs.extend(fused);
     let mut infos = Vec::new();

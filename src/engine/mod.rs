@@ -218,25 +218,28 @@ impl Engine {
             host_rows: !on_gpu && !opts.force_device_row_ops,
             timings: Timings::default(),
         };
-        e.pin_host_io(opts.cuda.device_id);
+        e.pin_host_io();
         e.zero_all()?;
         Ok(e)
     }
 
     /// On CUDA: page-lock the host audio/scores buffers (see [`fused::cuda::HostPins`]).
-    fn pin_host_io(&mut self, _device_id: i32) {
+    fn pin_host_io(&mut self) {
         #[cfg(feature = "cuda")]
         if self.dev_io.is_some() && std::env::var_os("MAMBATAG_NO_PIN").is_none() {
+            let id = self.allocs.device_id;
             self.pins = None;
-            let a = self.audio.data_ptr_mut();
-            let na = self.cap * self.samples_per_call() * 4;
-            let s = self.scores.data_ptr_mut();
-            let ns = self.cap * self.frames_per_call * self.info.num_labels() * 4;
-            let (p, n) = fused::cuda::HostPins::new(_device_id, &[(a, na), (s, ns)]);
+            let na = self.audio.shape().num_elements() * 4;
+            let ns = self.scores.shape().num_elements() * 4;
+            let ranges = [
+                (self.audio.data_ptr_mut(), na),
+                (self.scores.data_ptr_mut(), ns),
+            ];
+            let (p, n) = fused::cuda::HostPins::new(id, &ranges);
             tracing::debug!("page-locked {n} of 2 host I/O buffers");
             self.pins = Some(p);
             if self.copier.is_none() && std::env::var_os("MAMBATAG_ORT_COPIES").is_none() {
-                self.copier = fused::cuda::Copier::new(_device_id)
+                self.copier = fused::cuda::Copier::new(id)
                     .map_err(|e| tracing::debug!("driver copies unavailable ({e}); using ORT's"))
                     .ok();
             }
@@ -284,23 +287,7 @@ impl Engine {
     pub fn run(&mut self, advance: &[bool]) -> Result<()> {
         debug_assert_eq!(advance.len(), self.cap);
         let t0 = Instant::now();
-        if let Some((a, _)) = self.dev_io.as_mut() {
-            #[cfg(feature = "cuda")]
-            if let Some(c) = &self.copier {
-                let bytes = self.cap * self.frames_per_call * self.info.hop * 4;
-                // SAFETY: both tensors hold `cap × samples_per_call` floats; `a` is device memory.
-                unsafe { c.to_device(a.data_ptr_mut(), self.audio.data_ptr(), bytes) }
-                    .context("copying audio to the device")?;
-            } else {
-                self.audio
-                    .copy_into(a)
-                    .context("copying audio to the device")?;
-            }
-            #[cfg(not(feature = "cuda"))]
-            self.audio
-                .copy_into(a)
-                .context("copying audio to the device")?;
-        }
+        self.upload()?;
         let t1 = Instant::now();
         let outputs = match &self.run_opts {
             Some(o) => self
@@ -311,21 +298,7 @@ impl Engine {
         .context("model step failed")?;
         drop(outputs);
         let t2 = Instant::now();
-        if let Some((_, s)) = self.dev_io.as_ref() {
-            #[cfg(feature = "cuda")]
-            if let Some(c) = &self.copier {
-                let bytes = self.cap * self.frames_per_call * self.info.num_labels() * 4;
-                // SAFETY: both tensors hold `cap × frames × labels` floats; `s` is device memory.
-                unsafe { c.to_host(self.scores.data_ptr_mut(), s.data_ptr(), bytes) }
-                    .context("copying scores from the device")?;
-            } else {
-                s.copy_into(&mut self.scores)
-                    .context("copying scores from the device")?;
-            }
-            #[cfg(not(feature = "cuda"))]
-            s.copy_into(&mut self.scores)
-                .context("copying scores from the device")?;
-        }
+        self.download()?;
         let t3 = Instant::now();
         self.timings.calls += 1;
         self.timings.input += t1 - t0;
@@ -357,6 +330,40 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// Audio host → device before a call (CUDA only): through the driver where it loaded
+    /// (`copier`), else ONNX Runtime's copy.
+    fn upload(&mut self) -> Result<()> {
+        let Some((a, _)) = self.dev_io.as_mut() else {
+            return Ok(());
+        };
+        #[cfg(feature = "cuda")]
+        if let Some(c) = &self.copier {
+            let bytes = self.audio.shape().num_elements() * 4;
+            // SAFETY: `a` is the device twin of `audio` (same shape).
+            return unsafe { c.to_device(a.data_ptr_mut(), self.audio.data_ptr(), bytes) }
+                .context("copying audio to the device");
+        }
+        self.audio
+            .copy_into(a)
+            .context("copying audio to the device")
+    }
+
+    /// Scores device → host after a call (CUDA only), as [`Engine::upload`].
+    fn download(&mut self) -> Result<()> {
+        let Some((_, s)) = self.dev_io.as_ref() else {
+            return Ok(());
+        };
+        #[cfg(feature = "cuda")]
+        if let Some(c) = &self.copier {
+            let bytes = self.scores.shape().num_elements() * 4;
+            // SAFETY: `s` is the device twin of `scores` (same shape).
+            return unsafe { c.to_host(self.scores.data_ptr_mut(), s.data_ptr(), bytes) }
+                .context("copying scores from the device");
+        }
+        s.copy_into(&mut self.scores)
+            .context("copying scores from the device")
     }
 
     /// Zeroes row `row`'s state: a new stream starts there.
@@ -458,7 +465,7 @@ impl Engine {
             self.generation += 1;
             self.run_opts = Some(graph_run_options(self.generation)?);
         }
-        self.pin_host_io(self.allocs.device_id);
+        self.pin_host_io();
         self.zero_all()?;
         for (i, o) in old.iter().enumerate() {
             let n = self.info.states[i].elems();
@@ -548,6 +555,8 @@ struct Allocs {
     /// The host audio/scores callers touch.
     host: Allocator,
     device_io: bool,
+    /// CUDA device of the session (page-locking and driver copies use it).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
     device_id: i32,
 }
 
@@ -679,7 +688,7 @@ pub fn graph_for(path: &Path, kernels: Kernels) -> Result<std::path::PathBuf> {
 }
 
 /// `dir/step.onnx` -> `dir/step-fused.onnx` (`None` if `path` is already fused or not `.onnx`).
-fn fused_sibling(path: &Path) -> Option<std::path::PathBuf> {
+pub fn fused_sibling(path: &Path) -> Option<std::path::PathBuf> {
     let stem = path.file_stem()?.to_str()?;
     if path.extension()? != "onnx" || stem.ends_with("-fused") {
         return None;

@@ -233,49 +233,89 @@ fn ssm_row_impl<const F: bool>(
     }
 }
 
-/// Address and length of a filterbank buffer.
-pub type MelKey = (usize, usize);
+/// A value computed from a constant input of an op (a graph initializer) on the first call and
+/// kept: computed again only if ORT hands over a different buffer (address or length).
+pub struct Derived<T> {
+    key: (usize, usize),
+    value: Option<T>,
+}
+
+impl<T> Default for Derived<T> {
+    fn default() -> Self {
+        Self {
+            key: (0, 0),
+            value: None,
+        }
+    }
+}
+
+impl<T> Derived<T> {
+    pub fn get<S>(&mut self, src: &[S], make: impl FnOnce(&[S]) -> T) -> &T {
+        let key = (src.as_ptr() as usize, src.len());
+        if self.key != key {
+            self.value = None;
+            self.key = key;
+        }
+        self.value.get_or_insert_with(|| make(src))
+    }
+}
+
 /// One nonzero filterbank weight: `(bin, band, weight)`.
 pub type MelWeight = (u32, u32, f64);
 
 /// CPU kernel of `MambaLogMel`: a 512-point real FFT of each Hann-windowed frame (float64;
 /// the same power spectrum as the standard graphs' folded DFT to ~1e-13).
+#[derive(Default)]
 pub struct LogMelCpu {
-    fft: Arc<dyn RealToComplex<f64>>,
-    hann: Vec<f64>,
-    /// Sparse filterbank of the last call, with the address and length it was built from (the
-    /// filterbank is a constant of the graph, so this is built once).
-    pub sparse_cache: Option<(MelKey, Vec<MelWeight>)>,
+    spectrum: Spectrum,
+    /// The filterbank input (a constant of the graph) as its nonzero weights.
+    sparse: Derived<Vec<MelWeight>>,
 }
 
 impl LogMelCpu {
     pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The per-row transform and the filterbank `mel [257, M]` as its nonzero weights
+    /// `(bin, band, weight)` (a mel filterbank has ~2 per bin: triangles).
+    pub fn parts(&mut self, d: &LogMelDims, mel: &[f64]) -> (&Spectrum, &[MelWeight]) {
+        let m = d.m;
+        let sparse = self.sparse.get(mel, |mel| nonzeros(m, mel));
+        (&self.spectrum, sparse)
+    }
+}
+
+fn nonzeros(m: usize, mel: &[f64]) -> Vec<MelWeight> {
+    mel.chunks_exact(m)
+        .enumerate()
+        .flat_map(|(k, row)| {
+            row.iter()
+                .enumerate()
+                .filter(|(_, &w)| w != 0.0)
+                .map(move |(j, &w)| (k as u32, j as u32, w))
+        })
+        .collect()
+}
+
+/// Windowed power spectrum + sparse filterbank + log, one batch row at a time.
+pub struct Spectrum {
+    fft: Arc<dyn RealToComplex<f64>>,
+    hann: Vec<f64>,
+}
+
+impl Default for Spectrum {
+    fn default() -> Self {
         let fft = RealFftPlanner::<f64>::new().plan_fft_forward(N_FFT);
         let hann = (0..WIN)
             .map(|n| 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / WIN as f64).cos())
             .collect();
-        Self {
-            fft,
-            hann,
-            sparse_cache: None,
-        }
+        Self { fft, hann }
     }
+}
 
-    /// The nonzero weights of a `[257, M]` filterbank as `(bin, band, weight)` (a mel
-    /// filterbank has ~2 per bin: triangles).
-    pub fn sparse(d: &LogMelDims, mel: &[f64]) -> Vec<MelWeight> {
-        mel.chunks_exact(d.m)
-            .enumerate()
-            .flat_map(|(k, row)| {
-                row.iter()
-                    .enumerate()
-                    .filter(|(_, &w)| w != 0.0)
-                    .map(move |(j, &w)| (k as u32, j as u32, w))
-            })
-            .collect()
-    }
-
-    /// One batch row: `x [S]` -> `out [T, M]`; `mel` from [`LogMelCpu::sparse`] (summed over
+impl Spectrum {
+    /// One batch row: `x [S]` -> `out [T, M]`; `mel` from [`LogMelCpu::parts`] (summed over
     /// bins in order, as the dense product would).
     pub fn row(&self, d: &LogMelDims, x: &[f32], mel: &[MelWeight], out: &mut [f32]) {
         let mut buf = vec![0.0f64; N_FFT];
@@ -304,12 +344,6 @@ impl LogMelCpu {
                 *o = (a + 1e-6).ln() as f32;
             }
         }
-    }
-}
-
-impl Default for LogMelCpu {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ort::operator::{ComputeContext, Kernel};
 use ort::value::DynTensorValueType;
 
-use super::{dims_of, err, input, ConvDims, SsmDims};
+use super::{err, gather, ConvDims, LogMelDims, SsmDims, F32, F64};
 
 const PTX: &str = concat!(include_str!("kernels.ptx"), "\0");
 const THREADS: u32 = 128;
@@ -109,12 +109,21 @@ fn driver() -> ort::Result<&'static Driver> {
         .map_err(|e| err(e.clone()))
 }
 
-/// The loaded PTX module of one device: its context and the two kernels.
+/// Which fused op a [`CudaKernel`] runs.
+#[derive(Debug, Clone, Copy)]
+pub enum Which {
+    Conv = 0,
+    Ssm = 1,
+    LogMel = 2,
+}
+
+/// The kernels' names in `kernels.cu`, indexed by [`Which`].
+const ENTRY_POINTS: [&std::ffi::CStr; 3] = [c"mamba_conv", c"mamba_ssm", c"mamba_logmel"];
+
+/// The loaded PTX module of one device: its context and the kernels, indexed by [`Which`].
 struct Module {
     ctx: CuContext,
-    conv: CuFunction,
-    ssm: CuFunction,
-    logmel: CuFunction,
+    functions: [CuFunction; 3],
 }
 
 // SAFETY: driver handles may be used from any thread.
@@ -148,27 +157,14 @@ fn module(device_id: i32) -> ort::Result<Arc<Module>> {
             (d.module_load_data)(&mut module, PTX.as_ptr().cast()),
             "cuModuleLoadData (fused Mamba kernels)",
         )?;
-        let mut conv: CuFunction = std::ptr::null_mut();
-        let mut ssm: CuFunction = std::ptr::null_mut();
-        d.check(
-            (d.module_get_function)(&mut conv, module, c"mamba_conv".as_ptr()),
-            "cuModuleGetFunction mamba_conv",
-        )?;
-        d.check(
-            (d.module_get_function)(&mut ssm, module, c"mamba_ssm".as_ptr()),
-            "cuModuleGetFunction mamba_ssm",
-        )?;
-        let mut logmel: CuFunction = std::ptr::null_mut();
-        d.check(
-            (d.module_get_function)(&mut logmel, module, c"mamba_logmel".as_ptr()),
-            "cuModuleGetFunction mamba_logmel",
-        )?;
-        Arc::new(Module {
-            ctx,
-            conv,
-            ssm,
-            logmel,
-        })
+        let mut functions = [std::ptr::null_mut(); 3];
+        for (f, name) in functions.iter_mut().zip(ENTRY_POINTS) {
+            d.check(
+                (d.module_get_function)(f, module, name.as_ptr()),
+                &format!("cuModuleGetFunction {}", name.to_string_lossy()),
+            )?;
+        }
+        Arc::new(Module { ctx, functions })
     };
     map.insert(device_id, m.clone());
     Ok(m)
@@ -186,57 +182,47 @@ fn enter(d: &Driver, m: &Module) -> ort::Result<()> {
     Ok(())
 }
 
-fn dev_ptr(v: ort::value::ValueRef<'_>, what: &str) -> ort::Result<*mut c_void> {
-    let t = v
-        .downcast::<DynTensorValueType>()
-        .map_err(|e| err(format!("{what}: {e}")))?;
-    Ok(t.data_ptr().cast_mut())
-}
-
-fn out_ptr(ctx: &ComputeContext, i: usize, shape: Vec<i64>) -> ort::Result<*mut c_void> {
-    let v = ctx
-        .output(i, shape)?
-        .ok_or_else(|| err(format!("output {i} could not be allocated")))?;
-    let t = v.downcast::<DynTensorValueType>()?;
-    Ok(t.data_ptr().cast_mut())
-}
-
-/// Launches `f` on the op's stream with `args` (pointers to each kernel argument), `THREADS`
-/// threads per block.
+/// Launches `which` on the op's stream: grid `(x, batch)`, `threads` per block, `shared` bytes
+/// of dynamic shared memory; the kernel's parameters are the device pointers `ptrs`, then the
+/// sizes `ints` (as C ints).
+#[allow(clippy::too_many_arguments)]
 fn launch(
     ctx: &ComputeContext,
     m: &Module,
-    f: CuFunction,
-    grid: (u32, u32),
-    shared: u32,
-    args: &mut [*mut c_void],
-) -> ort::Result<()> {
-    launch_n(ctx, m, f, grid, THREADS, shared, args)
-}
-
-fn launch_n(
-    ctx: &ComputeContext,
-    m: &Module,
-    f: CuFunction,
-    grid: (u32, u32),
+    which: Which,
+    grid: (usize, usize),
     threads: u32,
-    shared: u32,
-    args: &mut [*mut c_void],
+    shared: usize,
+    mut ptrs: Vec<*mut c_void>,
+    ints: &[usize],
 ) -> ort::Result<()> {
+    if grid.1 == 0 || grid.0 == 0 {
+        return Ok(());
+    }
+    if grid.1 > 65_535 {
+        let name = ENTRY_POINTS[which as usize].to_string_lossy();
+        return Err(err(format!("{name} (CUDA): batch {} > 65535", grid.1)));
+    }
+    let mut ints: Vec<c_int> = ints.iter().map(|&n| n as c_int).collect();
+    let mut args: Vec<*mut c_void> = ptrs
+        .iter_mut()
+        .map(|p| p as *mut _ as *mut c_void)
+        .chain(ints.iter_mut().map(|n| n as *mut _ as *mut c_void))
+        .collect();
     let d = driver()?;
     enter(d, m)?;
     let stream = ctx.stream()?.map_or(std::ptr::null_mut(), |s| s.as_ptr());
-    // SAFETY: `args` points at live locals of the caller with the kernel's parameter types.
+    // SAFETY: `args` points at live locals with the kernel's parameter types (pointers, ints).
     let rc = unsafe {
         (d.launch)(
-            f,
-            grid.0,
-            grid.1,
+            m.functions[which as usize],
+            grid.0 as c_uint,
+            grid.1 as c_uint,
             1,
             threads,
             1,
             1,
-            shared,
+            shared as c_uint,
             stream,
             args.as_mut_ptr(),
             std::ptr::null_mut(),
@@ -245,159 +231,92 @@ fn launch_n(
     d.check(rc, "cuLaunchKernel")
 }
 
-pub struct ConvCuda(Arc<Module>);
+/// The device pointers of an op call's inputs, then of its outputs (allocated with `shapes`).
+fn pointers(
+    ctx: &ComputeContext,
+    ins: Vec<ort::value::ValueRef<'_>>,
+    shapes: &[Vec<i64>],
+) -> ort::Result<Vec<*mut c_void>> {
+    let mut p = Vec::with_capacity(ins.len() + shapes.len());
+    for (i, v) in ins.into_iter().enumerate() {
+        let t = v
+            .downcast::<DynTensorValueType>()
+            .map_err(|e| err(format!("input {i}: {e}")))?;
+        p.push(t.data_ptr().cast_mut());
+    }
+    for (i, shape) in shapes.iter().enumerate() {
+        let v = ctx
+            .output(i, shape.clone())?
+            .ok_or_else(|| err(format!("output {i} could not be allocated")))?;
+        p.push(v.downcast::<DynTensorValueType>()?.data_ptr().cast_mut());
+    }
+    Ok(p)
+}
 
-impl ConvCuda {
-    pub fn new(device_id: i32) -> ort::Result<Self> {
-        Ok(Self(module(device_id)?))
+/// The CUDA kernel of one fused op (the module is loaded once per device).
+pub struct CudaKernel {
+    module: Arc<Module>,
+    which: Which,
+}
+
+impl CudaKernel {
+    pub fn new(device_id: i32, which: Which) -> ort::Result<Self> {
+        Ok(Self {
+            module: module(device_id)?,
+            which,
+        })
     }
 }
 
-impl Kernel for ConvCuda {
+impl Kernel for CudaKernel {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let ins: Vec<_> = (0..4)
-            .map(|i| input(ctx, i, "MambaConv"))
-            .collect::<ort::Result<_>>()?;
-        let s: Vec<Vec<usize>> = ins
-            .iter()
-            .map(|v| dims_of(v, "MambaConv"))
-            .collect::<ort::Result<_>>()?;
-        let d = ConvDims::check(&s[0], &s[1], &s[2], &s[3])?;
-        if d.k > 8 {
-            return Err(err(format!("MambaConv (CUDA): d_conv {} > 8", d.k)));
+        let m = &self.module;
+        match self.which {
+            Which::Conv => {
+                let (ins, shapes) = gather(ctx, "MambaConv", [F32; 4])?;
+                let d = ConvDims::check(&shapes)?;
+                if d.k > 8 {
+                    return Err(err(format!("MambaConv (CUDA): d_conv {} > 8", d.k)));
+                }
+                let p = pointers(ctx, ins, &[d.out(), d.state()])?;
+                let grid = (d.e.div_ceil(THREADS as usize), d.b);
+                launch(ctx, m, Which::Conv, grid, THREADS, 0, p, &[d.t, d.e, d.k])
+            }
+            Which::Ssm => {
+                let (ins, shapes) = gather(ctx, "MambaSsm", [F32; 8])?;
+                let dm = SsmDims::check(&shapes)?;
+                if dm.n > 16 || dm.r > 32 {
+                    return Err(err(format!(
+                        "MambaSsm (CUDA): d_state {} > 16 or dt_rank {} > 32",
+                        dm.n, dm.r
+                    )));
+                }
+                let p = pointers(ctx, ins, &[dm.out(), dm.state()])?;
+                let grid = (dm.e.div_ceil(THREADS as usize), dm.b);
+                let shared = (dm.r + 2 * dm.n) * 4;
+                let sizes = [dm.t, dm.e, dm.n, dm.r];
+                launch(ctx, m, Which::Ssm, grid, THREADS, shared, p, &sizes)
+            }
+            Which::LogMel => {
+                let (ins, shapes) = gather(ctx, "MambaLogMel", [F32, F64])?;
+                let d = LogMelDims::check(&shapes)?;
+                if d.m > 256 {
+                    return Err(err(format!("MambaLogMel (CUDA): {} mel bands > 256", d.m)));
+                }
+                let p = pointers(ctx, ins, &[d.out()])?;
+                // one block of 256 threads per frame: the FFT does 256 butterflies per stage
+                launch(
+                    ctx,
+                    m,
+                    Which::LogMel,
+                    (d.t, d.b),
+                    256,
+                    0,
+                    p,
+                    &[d.t, d.s, d.m],
+                )
+            }
         }
-        let mut p: Vec<*mut c_void> = ins
-            .into_iter()
-            .zip(["xz", "conv_state", "w", "b"])
-            .map(|(v, n)| dev_ptr(v, n))
-            .collect::<ort::Result<_>>()?;
-        p.push(out_ptr(ctx, 0, d.out())?);
-        p.push(out_ptr(
-            ctx,
-            1,
-            vec![d.b as i64, d.k as i64 - 1, d.e as i64],
-        )?);
-        if d.b == 0 {
-            return Ok(());
-        }
-        if d.b > 65_535 {
-            return Err(err(format!("MambaConv (CUDA): batch {} > 65535", d.b)));
-        }
-        let (mut t, mut e, mut k) = (d.t as c_int, d.e as c_int, d.k as c_int);
-        let mut args: Vec<*mut c_void> = p.iter_mut().map(|x| x as *mut _ as *mut c_void).collect();
-        args.extend([
-            &mut t as *mut _ as *mut c_void,
-            &mut e as *mut _ as *mut c_void,
-            &mut k as *mut _ as *mut c_void,
-        ]);
-        let grid = ((d.e as u32).div_ceil(THREADS), d.b as u32);
-        launch(ctx, &self.0, self.0.conv, grid, 0, &mut args)
-    }
-}
-
-pub struct SsmCuda(Arc<Module>);
-
-impl SsmCuda {
-    pub fn new(device_id: i32) -> ort::Result<Self> {
-        Ok(Self(module(device_id)?))
-    }
-}
-
-impl Kernel for SsmCuda {
-    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let ins: Vec<_> = (0..8)
-            .map(|i| input(ctx, i, "MambaSsm"))
-            .collect::<ort::Result<_>>()?;
-        let mut s: [Vec<usize>; 8] = Default::default();
-        for (x, v) in s.iter_mut().zip(&ins) {
-            *x = dims_of(v, "MambaSsm")?;
-        }
-        let dm = SsmDims::check(&s)?;
-        if dm.n > 16 || dm.r > 32 {
-            return Err(err(format!(
-                "MambaSsm (CUDA): d_state {} > 16 or dt_rank {} > 32",
-                dm.n, dm.r
-            )));
-        }
-        let names = ["xc", "xz", "dbc", "dt_w", "dt_b", "A", "D", "h"];
-        let mut p: Vec<*mut c_void> = ins
-            .into_iter()
-            .zip(names)
-            .map(|(v, n)| dev_ptr(v, n))
-            .collect::<ort::Result<_>>()?;
-        p.push(out_ptr(ctx, 0, dm.out())?);
-        p.push(out_ptr(
-            ctx,
-            1,
-            vec![dm.b as i64, dm.n as i64, dm.e as i64],
-        )?);
-        if dm.b == 0 {
-            return Ok(());
-        }
-        if dm.b > 65_535 {
-            return Err(err(format!("MambaSsm (CUDA): batch {} > 65535", dm.b)));
-        }
-        let (mut t, mut e, mut n, mut r) =
-            (dm.t as c_int, dm.e as c_int, dm.n as c_int, dm.r as c_int);
-        let mut args: Vec<*mut c_void> = p.iter_mut().map(|x| x as *mut _ as *mut c_void).collect();
-        args.extend([
-            &mut t as *mut _ as *mut c_void,
-            &mut e as *mut _ as *mut c_void,
-            &mut n as *mut _ as *mut c_void,
-            &mut r as *mut _ as *mut c_void,
-        ]);
-        let grid = ((dm.e as u32).div_ceil(THREADS), dm.b as u32);
-        let shared = ((dm.r + 2 * dm.n) * 4) as u32;
-        launch(ctx, &self.0, self.0.ssm, grid, shared, &mut args)
-    }
-}
-
-pub struct LogMelCuda(Arc<Module>);
-
-impl LogMelCuda {
-    pub fn new(device_id: i32) -> ort::Result<Self> {
-        Ok(Self(module(device_id)?))
-    }
-}
-
-impl Kernel for LogMelCuda {
-    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let audio = input(ctx, 0, "MambaLogMel")?;
-        let mel = input(ctx, 1, "MambaLogMel")?;
-        let d = super::LogMelDims::check(
-            &dims_of(&audio, "MambaLogMel audio")?,
-            &super::dims_of64(&mel, "MambaLogMel mel")?,
-        )?;
-        if d.m > 256 {
-            return Err(err(format!("MambaLogMel (CUDA): {} mel bands > 256", d.m)));
-        }
-        if d.b > 65_535 {
-            return Err(err(format!("MambaLogMel (CUDA): batch {} > 65535", d.b)));
-        }
-        let mut p = [
-            dev_ptr(audio, "audio")?,
-            dev_ptr(mel, "mel")?,
-            out_ptr(ctx, 0, vec![d.b as i64, d.t as i64, d.m as i64])?,
-        ];
-        if d.b == 0 || d.t == 0 {
-            return Ok(());
-        }
-        let (mut t, mut s, mut m) = (d.t as c_int, d.s as c_int, d.m as c_int);
-        let mut args: Vec<*mut c_void> = p.iter_mut().map(|x| x as *mut _ as *mut c_void).collect();
-        args.extend([
-            &mut t as *mut _ as *mut c_void,
-            &mut s as *mut _ as *mut c_void,
-            &mut m as *mut _ as *mut c_void,
-        ]);
-        launch_n(
-            ctx,
-            &self.0,
-            self.0.logmel,
-            (d.t as u32, d.b as u32),
-            256,
-            0,
-            &mut args,
-        )
     }
 }
 

@@ -96,29 +96,45 @@ fn err(msg: impl std::fmt::Display) -> ort::Error {
     ort::Error::new(msg.to_string())
 }
 
-fn dims_of(v: &ort::value::ValueRef<'_>, what: &str) -> ort::Result<Vec<usize>> {
+fn dims_of(
+    v: &ort::value::ValueRef<'_>,
+    what: &str,
+    want: TensorElementType,
+) -> ort::Result<Vec<usize>> {
     match v.dtype() {
-        ValueType::Tensor {
-            ty: TensorElementType::Float32,
-            shape,
-            ..
-        } => Ok(shape.iter().map(|&d| d.max(0) as usize).collect()),
+        ValueType::Tensor { ty, shape, .. } if *ty == want => {
+            Ok(shape.iter().map(|&d| d.max(0) as usize).collect())
+        }
         other => Err(err(format!(
-            "{what}: expected a float32 tensor, got {other}"
+            "{what}: expected a {want} tensor, got {other}"
         ))),
     }
 }
 
-fn dims_of64(v: &ort::value::ValueRef<'_>, what: &str) -> ort::Result<Vec<usize>> {
-    match v.dtype() {
-        ValueType::Tensor {
-            ty: TensorElementType::Float64,
-            shape,
-            ..
-        } => Ok(shape.iter().map(|&d| d.max(0) as usize).collect()),
-        other => Err(err(format!(
-            "{what}: expected a float64 tensor, got {other}"
-        ))),
+/// The `N` inputs of one op call and their shapes, checked against the element types `tys`
+/// (shared by the CPU and CUDA kernels).
+fn gather<'a, const N: usize>(
+    ctx: &'a ComputeContext,
+    op: &str,
+    tys: [TensorElementType; N],
+) -> ort::Result<(Vec<ort::value::ValueRef<'a>>, [Vec<usize>; N])> {
+    let mut vals = Vec::with_capacity(N);
+    let mut dims: [Vec<usize>; N] = std::array::from_fn(|_| Vec::new());
+    for (i, (d, ty)) in dims.iter_mut().zip(tys).enumerate() {
+        let v = input(ctx, i, op)?;
+        *d = dims_of(&v, op, ty)?;
+        vals.push(v);
+    }
+    Ok((vals, dims))
+}
+
+/// Runs `row` for every batch row: inline for one row, on ORT's intra-op pool otherwise.
+fn for_rows(ctx: &ComputeContext, b: usize, row: impl Fn(usize) + Sync + Send) -> ort::Result<()> {
+    if b <= 1 {
+        (0..b).for_each(row);
+        Ok(())
+    } else {
+        ctx.par_for(b, b, row)
     }
 }
 
@@ -174,10 +190,14 @@ impl ConvDims {
     pub fn out(&self) -> Vec<i64> {
         out_shape(self.rank3, self.b, self.t, self.e)
     }
+    /// `conv_state'`'s shape.
+    pub fn state(&self) -> Vec<i64> {
+        vec![self.b as i64, self.k as i64 - 1, self.e as i64]
+    }
 }
 
 impl ConvDims {
-    fn check(xz: &[usize], state: &[usize], w: &[usize], bias: &[usize]) -> ort::Result<Self> {
+    fn check([xz, state, w, bias]: &[Vec<usize>; 4]) -> ort::Result<Self> {
         if w.len() != 2 || w[0] == 0 {
             return Err(err(format!(
                 "MambaConv: weight shape {w:?}, expected [K, E]"
@@ -217,6 +237,10 @@ impl SsmDims {
     /// `y`'s shape.
     pub fn out(&self) -> Vec<i64> {
         out_shape(self.rank3, self.b, self.t, self.e)
+    }
+    /// `h'`'s shape.
+    pub fn state(&self) -> Vec<i64> {
+        vec![self.b as i64, self.n as i64, self.e as i64]
     }
 }
 
@@ -275,7 +299,7 @@ pub struct LogMelDims {
 }
 
 impl LogMelDims {
-    fn check(audio: &[usize], mel: &[usize]) -> ort::Result<Self> {
+    fn check([audio, mel]: &[Vec<usize>; 2]) -> ort::Result<Self> {
         if audio.len() != 2 || audio[1] < HISTORY || (audio[1] - HISTORY) % HOP != 0 {
             return Err(err(format!(
                 "MambaLogMel: audio shape {audio:?}, expected [B, {HISTORY} + T*{HOP}]"
@@ -294,6 +318,10 @@ impl LogMelDims {
             m: mel[1],
         })
     }
+    /// `logmel`'s shape.
+    pub fn out(&self) -> Vec<i64> {
+        vec![self.b as i64, self.t as i64, self.m as i64]
+    }
 }
 
 /// `MambaLogMel`.
@@ -311,10 +339,7 @@ impl Operator for LogMelOp {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
-        [
-            OperatorInput::required(F32),
-            OperatorInput::required(TensorElementType::Float64),
-        ]
+        [OperatorInput::required(F32), OperatorInput::required(F64)]
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
@@ -346,48 +371,28 @@ impl Operator for LogMelOp {
         match self.0 {
             Ep::Cpu => Ok(Box::new(cpu::LogMelCpu::new())),
             #[cfg(feature = "cuda")]
-            Ep::Cuda(id) => Ok(Box::new(cuda::LogMelCuda::new(id)?)),
+            Ep::Cuda(id) => Ok(Box::new(cuda::CudaKernel::new(id, cuda::Which::LogMel)?)),
         }
     }
 }
 
 impl Kernel for cpu::LogMelCpu {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let audio = input(ctx, 0, "MambaLogMel")?;
-        let mel = input(ctx, 1, "MambaLogMel")?;
-        let d = LogMelDims::check(
-            &dims_of(&audio, "MambaLogMel audio")?,
-            &dims_of64(&mel, "MambaLogMel mel")?,
-        )?;
-        let x = host_slice(&audio, "MambaLogMel audio")?;
-        let mel = mel
+        let (ins, shapes) = gather(ctx, "MambaLogMel", [F32, F64])?;
+        let d = LogMelDims::check(&shapes)?;
+        let x = host_slice(&ins[0], "MambaLogMel audio")?;
+        let mel = ins[1]
             .try_extract_tensor::<f64>()
             .map(|(_, s)| s)
             .map_err(|e| err(format!("MambaLogMel mel: {e}")))?;
-        let key = (mel.as_ptr() as usize, mel.len());
-        if self.sparse_cache.as_ref().is_none_or(|(k, _)| *k != key) {
-            self.sparse_cache = Some((key, cpu::LogMelCpu::sparse(&d, mel)));
-        }
-        let mel = self
-            .sparse_cache
-            .as_ref()
-            .map(|(_, v)| v.as_slice())
-            .unwrap_or(&[]);
-        let out = host_out(ctx, 0, vec![d.b as i64, d.t as i64, d.m as i64])?;
-        let out_p = SendPtr(out.data_ptr().cast_mut().cast());
+        let out = SendPtr::of(&host_out(ctx, 0, d.out())?);
         let rt = d.t * d.m;
-        let this = &*self;
-        let row = |i: usize| {
+        let (spectrum, mel) = self.parts(&d, mel);
+        for_rows(ctx, d.b, |i| {
             // SAFETY: row i's range of the output, disjoint across rows.
-            let o = unsafe { std::slice::from_raw_parts_mut(out_p.get().add(i * rt), rt) };
-            this.row(&d, &x[i * d.s..(i + 1) * d.s], mel, o);
-        };
-        if d.b <= 1 {
-            (0..d.b).for_each(row);
-            Ok(())
-        } else {
-            ctx.par_for(d.b, d.b, row)
-        }
+            let o = unsafe { out.row(i, rt) };
+            spectrum.row(&d, &x[i * d.s..(i + 1) * d.s], mel, o);
+        })
     }
 }
 
@@ -404,7 +409,8 @@ fn ep_name(ep: Ep) -> Option<&'static str> {
     }
 }
 
-const F32: TensorElementType = TensorElementType::Float32;
+pub(crate) const F32: TensorElementType = TensorElementType::Float32;
+pub(crate) const F64: TensorElementType = TensorElementType::Float64;
 
 impl Operator for ConvOp {
     type Kernel<'attr> = BoxedKernel<'attr>;
@@ -447,7 +453,7 @@ impl Operator for ConvOp {
         match self.0 {
             Ep::Cpu => Ok(Box::new(ConvCpu)),
             #[cfg(feature = "cuda")]
-            Ep::Cuda(id) => Ok(Box::new(cuda::ConvCuda::new(id)?)),
+            Ep::Cuda(id) => Ok(Box::new(cuda::CudaKernel::new(id, cuda::Which::Conv)?)),
         }
     }
 }
@@ -477,9 +483,9 @@ impl Operator for SsmOp {
 
     fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
         match self.0 {
-            Ep::Cpu => Ok(Box::new(SsmCpu)),
+            Ep::Cpu => Ok(Box::new(SsmCpu::default())),
             #[cfg(feature = "cuda")]
-            Ep::Cuda(id) => Ok(Box::new(cuda::SsmCuda::new(id)?)),
+            Ep::Cuda(id) => Ok(Box::new(cuda::CudaKernel::new(id, cuda::Which::Ssm)?)),
         }
     }
 }
@@ -492,9 +498,17 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper, not its field).
-    fn get(self) -> *mut f32 {
-        self.0
+    /// The data of an output tensor ORT allocated for this call.
+    fn of(t: &ort::value::ValueRefMut<'_, DynTensorValueType>) -> Self {
+        Self(t.data_ptr().cast_mut().cast())
+    }
+
+    /// Row `i` of `n` floats (a method, so closures capture the whole `Sync` wrapper).
+    ///
+    /// # Safety
+    /// The tensor holds at least `(i + 1) · n` floats and no other live slice overlaps the row.
+    unsafe fn row<'a>(self, i: usize, n: usize) -> &'a mut [f32] {
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(i * n), n) }
     }
 }
 
@@ -519,65 +533,33 @@ struct ConvCpu;
 
 impl Kernel for ConvCpu {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let ins: Vec<_> = (0..4)
-            .map(|i| input(ctx, i, "MambaConv"))
-            .collect::<ort::Result<_>>()?;
-        let shapes: Vec<Vec<usize>> = ins
-            .iter()
-            .map(|v| dims_of(v, "MambaConv"))
-            .collect::<ort::Result<_>>()?;
-        let d = ConvDims::check(&shapes[0], &shapes[1], &shapes[2], &shapes[3])?;
+        let (ins, shapes) = gather(ctx, "MambaConv", [F32; 4])?;
+        let d = ConvDims::check(&shapes)?;
         let xz = host_slice(&ins[0], "MambaConv xz")?;
         let st = host_slice(&ins[1], "MambaConv conv_state")?;
         let w = host_slice(&ins[2], "MambaConv weight")?;
         let bias = host_slice(&ins[3], "MambaConv bias")?;
-        let (b, e, k) = (d.b as i64, d.e as i64, d.k as i64);
-        let xc = host_out(ctx, 0, d.out())?;
-        let nx = host_out(ctx, 1, vec![b, k - 1, e])?;
-        let (xc_p, nx_p) = (
-            SendPtr(xc.data_ptr().cast_mut().cast()),
-            SendPtr(nx.data_ptr().cast_mut().cast()),
-        );
+        let xc = SendPtr::of(&host_out(ctx, 0, d.out())?);
+        let nx = SendPtr::of(&host_out(ctx, 1, d.state())?);
         let (rt, rs) = (d.t * d.e, (d.k - 1) * d.e);
-        let row = |i: usize| {
-            let (xc_p, nx_p) = (xc_p, nx_p);
+        for_rows(ctx, d.b, |i| {
             // SAFETY: row i's ranges of the two outputs, disjoint across rows.
-            let (xc_r, nx_r) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(xc_p.0.add(i * rt), rt),
-                    std::slice::from_raw_parts_mut(nx_p.0.add(i * rs), rs),
-                )
-            };
-            cpu::conv_row(
-                &d,
-                &xz[i * 2 * rt..(i + 1) * 2 * rt],
-                &st[i * rs..(i + 1) * rs],
-                w,
-                bias,
-                xc_r,
-                nx_r,
-            );
-        };
-        if d.b <= 1 {
-            (0..d.b).for_each(row);
-            Ok(())
-        } else {
-            ctx.par_for(d.b, d.b, row)
-        }
+            let (xc_r, nx_r) = unsafe { (xc.row(i, rt), nx.row(i, rs)) };
+            let (xz_r, st_r) = (&xz[i * 2 * rt..(i + 1) * 2 * rt], &st[i * rs..(i + 1) * rs]);
+            cpu::conv_row(&d, xz_r, st_r, w, bias, xc_r, nx_r);
+        })
     }
 }
 
-struct SsmCpu;
+/// CPU kernel of `MambaSsm`; keeps `A · log2 e` of the constant `A` between calls.
+#[derive(Default)]
+struct SsmCpu {
+    a2: cpu::Derived<Vec<f32>>,
+}
 
 impl Kernel for SsmCpu {
     fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
-        let ins: Vec<_> = (0..8)
-            .map(|i| input(ctx, i, "MambaSsm"))
-            .collect::<ort::Result<_>>()?;
-        let mut shapes: [Vec<usize>; 8] = Default::default();
-        for (s, v) in shapes.iter_mut().zip(&ins) {
-            *s = dims_of(v, "MambaSsm")?;
-        }
+        let (ins, shapes) = gather(ctx, "MambaSsm", [F32; 8])?;
         let dm = SsmDims::check(&shapes)?;
         let names = ["xc", "xz", "dbc", "dt_w", "dt_b", "A", "D", "h"];
         let sl: Vec<&[f32]> = ins
@@ -585,51 +567,28 @@ impl Kernel for SsmCpu {
             .zip(names)
             .map(|(v, n)| host_slice(v, n))
             .collect::<ort::Result<_>>()?;
-        let (b, e, n) = (dm.b as i64, dm.e as i64, dm.n as i64);
-        let y = host_out(ctx, 0, dm.out())?;
-        let h = host_out(ctx, 1, vec![b, n, e])?;
-        let (y_p, h_p) = (
-            SendPtr(y.data_ptr().cast_mut().cast()),
-            SendPtr(h.data_ptr().cast_mut().cast()),
-        );
+        let y = SendPtr::of(&host_out(ctx, 0, dm.out())?);
+        let h = SendPtr::of(&host_out(ctx, 1, dm.state())?);
         let (rt, rw, rh) = (dm.t * dm.e, dm.t * (dm.r + 2 * dm.n), dm.n * dm.e);
-        let a2: Vec<f32> = sl[5].iter().map(|a| a * std::f32::consts::LOG2_E).collect();
+        let a2 = self.a2.get(sl[5], |a| {
+            a.iter().map(|a| a * std::f32::consts::LOG2_E).collect()
+        });
         let wt = cpu::SsmWeights {
             dt_w: sl[3],
             dt_b: sl[4],
-            a2: &a2,
+            a2,
             d: sl[6],
         };
-        let row = |i: usize| {
-            let (y_p, h_p) = (y_p, h_p);
+        for_rows(ctx, dm.b, |i| {
             // SAFETY: row i's ranges of the two outputs, disjoint across rows.
-            let (y_r, h_r) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(y_p.0.add(i * rt), rt),
-                    std::slice::from_raw_parts_mut(h_p.0.add(i * rh), rh),
-                )
-            };
+            let (y_r, h_r) = unsafe { (y.row(i, rt), h.row(i, rh)) };
             let r = cpu::SsmRow {
                 xc: &sl[0][i * rt..(i + 1) * rt],
                 xz: &sl[1][i * 2 * rt..(i + 1) * 2 * rt],
                 dbc: &sl[2][i * rw..(i + 1) * rw],
             };
-            let mut scratch = cpu::SsmScratch::new(dm.e);
-            cpu::ssm_row(
-                &dm,
-                &r,
-                &wt,
-                &sl[7][i * rh..(i + 1) * rh],
-                y_r,
-                h_r,
-                &mut scratch,
-            );
-        };
-        if dm.b <= 1 {
-            (0..dm.b).for_each(row);
-            Ok(())
-        } else {
-            ctx.par_for(dm.b, dm.b, row)
-        }
+            let h0 = &sl[7][i * rh..(i + 1) * rh];
+            cpu::ssm_row(&dm, &r, &wt, h0, y_r, h_r, &mut cpu::SsmScratch::new(dm.e));
+        })
     }
 }
