@@ -46,14 +46,6 @@ fn step_scores(hops: &[f32]) -> Vec<f32> {
     out
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len(), "score count");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn chunk_graph_metadata() {
     let e = load("chunk.onnx", 1, 50);

@@ -22,29 +22,6 @@ fn opts(kernels: Kernels) -> EngineOptions {
     }
 }
 
-/// Deterministic audio for hop `t` of row `row`: tones that change every 1.5 s, noise bursts.
-fn hop_audio(t: usize, row: usize, out: &mut [f32]) {
-    let mut seed = (t as u64 * 7919 + row as u64 * 104_729) | 1;
-    for (i, x) in out.iter_mut().enumerate() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let n = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-        let s = (t * 160 + i) as f32 / 16000.0;
-        let f = 220.0 + 60.0 * ((t / 150) % 30) as f32 + 40.0 * row as f32;
-        let tone = (2.0 * std::f32::consts::PI * f * s).sin();
-        *x = 0.3 * tone + n * if (t / 70) % 3 == 0 { 0.4 } else { 0.02 };
-    }
-}
-
-fn max_abs(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
 #[test]
 fn packages_ship_fused_graphs() {
     for m in [tiny_model(), default_model()] {
@@ -79,7 +56,7 @@ fn step_parity(model: &Path, steps: usize) -> f32 {
         a.run(&adv).unwrap();
         b.run(&adv).unwrap();
         for (r, _) in adv.iter().enumerate().filter(|(_, &on)| on) {
-            max = max.max(max_abs(a.scores(r), b.scores(r)));
+            max = max.max(max_abs_diff(a.scores(r), b.scores(r)));
         }
     }
     max
@@ -150,7 +127,7 @@ fn fused_chunk_matches_standard_step() {
         }
         for r in 0..2 {
             assert_eq!(got[r].len(), frames * labels);
-            let d = max_abs(&want[r], &got[r]);
+            let d = max_abs_diff(&want[r], &got[r]);
             println!("{}: chunk-fused vs step, row {r}: {d:e}", model.display());
             assert!(d <= 1e-4, "{}: row {r}: {d}", model.display());
         }

@@ -58,22 +58,6 @@ fn load(device: Device, cap: usize) -> Engine {
     Engine::load(&package().step, &options(device), cap, 1).expect("load model")
 }
 
-/// Deterministic test audio: tones, chirps and noise bursts, hop by hop.
-fn hop_audio(t: usize, row: usize, out: &mut [f32]) {
-    let mut seed = (t as u64 * 7919 + row as u64 * 104_729) | 1;
-    for (i, x) in out.iter_mut().enumerate() {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let n = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-        let s = (t * 160 + i) as f32 / 16000.0;
-        let f = 200.0 + 50.0 * ((t / 300) % 40) as f32 + 30.0 * row as f32;
-        let tone = (2.0 * std::f32::consts::PI * f * s).sin()
-            * if (t / 150) % 2 == 0 { 0.4 } else { 0.05 };
-        *x = tone + n * if (t / 97) % 3 == 0 { 0.3 } else { 0.01 };
-    }
-}
-
 #[test]
 #[ignore = "needs a GPU (--features cuda)"]
 fn gpu_matches_cpu_over_10000_frames() {

@@ -134,3 +134,28 @@ pub fn tone_power(x: &[f32], rate: f64, f: f64) -> f64 {
     }
     (s1 * s1 + s2 * s2 - c * s1 * s2) / (x.len() as f64).powi(2)
 }
+
+/// Deterministic test audio: tones, chirps and noise bursts, hop by hop.
+pub fn hop_audio(t: usize, row: usize, out: &mut [f32]) {
+    let mut seed = (t as u64 * 7919 + row as u64 * 104_729) | 1;
+    for (i, x) in out.iter_mut().enumerate() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let n = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+        let s = (t * 160 + i) as f32 / 16000.0;
+        let f = 200.0 + 50.0 * ((t / 300) % 40) as f32 + 30.0 * row as f32;
+        let tone = (2.0 * std::f32::consts::PI * f * s).sin()
+            * if (t / 150) % 2 == 0 { 0.4 } else { 0.05 };
+        *x = tone + n * if (t / 97) % 3 == 0 { 0.3 } else { 0.01 };
+    }
+}
+
+/// Largest absolute difference between two equally long score vectors.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "score count");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
