@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # What building and running mambatag needs on a fresh Debian/Ubuntu machine (idempotent; root
 # or sudo): the ALSA headers and pkg-config for cpal (live capture), and ONNX Runtime in .ort/.
+# Extra Debian packages given as arguments are installed the same way (scripts/test-deps.sh
+# passes the test tools).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 missing=()
-for p in pkg-config libasound2-dev; do
+for p in pkg-config libasound2-dev "$@"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
