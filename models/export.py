@@ -395,6 +395,25 @@ def fused_layer(g: GraphBuilder, x: str, conv_state: str, h0: str, P: dict, pre:
     return x, conv_next, h
 
 
+def mamba_layers(g: GraphBuilder, x: str, states: dict, nexts: dict, weights: dict, c, fused: bool,
+                 conv_fn, scan_fn) -> str:
+    """All residual Mamba blocks of a graph: :func:`fused_layer` each, or the standard ops with
+    ``conv_fn`` (:func:`conv_step` / :func:`conv_chunk`) and ``scan_fn(g, xc, dt, B, C, h0, P,
+    pre) -> (y, h')``. Puts the next states into ``nexts``; returns the new residual stream."""
+    for i in range(c.n_layers):
+        pre, P = f"l{i}_", layer_params(weights, c, i)
+        conv, ssm = f"state.layer{i}.conv", f"state.layer{i}.ssm"
+        if fused:
+            x, nexts[conv], nexts[ssm] = fused_layer(g, x, states[conv], states[ssm], P, pre)
+            continue
+        xin, z = block_projections(g, x, P, pre)
+        xc, nexts[conv] = conv_fn(g, xin, states[conv], P, pre)
+        dt, Bm, Cm = ssm_inputs(g, xc, P, pre)
+        y, nexts[ssm] = scan_fn(g, xc, dt, Bm, Cm, states[ssm], P, pre)
+        x = block_output(g, x, y, xc, z, P, pre)
+    return x
+
+
 def head(g: GraphBuilder, x: str, weights: dict) -> str:
     """norm_f + head + sigmoid: ``x [..., D]`` -> probabilities ``[..., C]``."""
     u = g.rmsnorm(x, np.asarray(weights["norm_f.weight"], np.float64), "norm_f")
@@ -445,18 +464,7 @@ def build_step_graph(weights: dict, config, metadata: dict[str, str],
         x = g.op("Unsqueeze", [x, g.ints("ax1", [1])], "x3")
 
     nexts = {"state.audio": audio_next}
-    for i in range(c.n_layers):
-        pre = f"l{i}_"
-        P = layer_params(weights, c, i)
-        if fused:
-            x, nexts[f"state.layer{i}.conv"], nexts[f"state.layer{i}.ssm"] = fused_layer(
-                g, x, states[f"state.layer{i}.conv"], states[f"state.layer{i}.ssm"], P, pre)
-            continue
-        xin, z = block_projections(g, x, P, pre)
-        xc, nexts[f"state.layer{i}.conv"] = conv_step(g, xin, states[f"state.layer{i}.conv"], P, pre)
-        dt, Bm, Cm = ssm_inputs(g, xc, P, pre)
-        y, nexts[f"state.layer{i}.ssm"] = ssm_step(g, xc, dt, Bm, Cm, states[f"state.layer{i}.ssm"], P, pre)
-        x = block_output(g, x, y, xc, z, P, pre)
+    x = mamba_layers(g, x, states, nexts, weights, c, fused, conv_step, ssm_step)
 
     probs = head(g, x, weights)  # [B, 1, C]
     g.output("scores", [BATCH, c.n_classes],
@@ -637,25 +645,16 @@ def build_chunk_graph(weights: dict, config, metadata: dict[str, str], frontend_
     x = g.matmul_add(lm, g.const("embed_w", We), g.const("embed_b", be), "embed")  # [B, T, D]
 
     nexts = {"state.audio": audio_next}
-    for i in range(c.n_layers):
-        pre = f"l{i}_"
-        P = layer_params(weights, c, i)
-        if fused:
-            x, nexts[f"state.layer{i}.conv"], nexts[f"state.layer{i}.ssm"] = fused_layer(
-                g, x, states[f"state.layer{i}.conv"], states[f"state.layer{i}.ssm"], P, pre)
-            continue
-        xin, z = block_projections(g, x, P, pre)
-        xc, nexts[f"state.layer{i}.conv"] = conv_chunk(g, xin, states[f"state.layer{i}.conv"], P, pre)
-        dt, Bm, Cm = ssm_inputs(g, xc, P, pre)
-        h0 = states[f"state.layer{i}.ssm"]
+    scan = None
+    if not fused:
         if opt["scan"] == "scan":
-            y, hT = scan_seq(g, xc, dt, Bm, Cm, h0, P, pre)
+            scan = scan_seq
         elif opt["scan"] == "chunked":
-            y, hT = scan_chunked(g, xc, dt, Bm, Cm, h0, P, pre, int(opt["sub_chunk"]))
+            def scan(*args):
+                return scan_chunked(*args, int(opt["sub_chunk"]))
         else:
             raise ValueError(f"unknown chunk scan {opt['scan']!r} (scan or chunked)")
-        nexts[f"state.layer{i}.ssm"] = hT
-        x = block_output(g, x, y, xc, z, P, pre)
+    x = mamba_layers(g, x, states, nexts, weights, c, fused, conv_chunk, scan)
 
     g.output("scores", [BATCH, "T", c.n_classes], head(g, x, weights))
     for k, v in shapes.items():
