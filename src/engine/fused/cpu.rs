@@ -3,6 +3,7 @@
 //! polynomials (≈1e-7 relative error) so that the channel loops vectorise; the
 //! `avx2,fma`-enabled copy is picked at run time where the CPU has it.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use realfft::num_complex::Complex;
@@ -110,21 +111,27 @@ fn softplus<const F: bool>(x: f32) -> f32 {
     x.max(0.0) + ln_f::<F>(1.0 + exp_f::<F>(-x.abs()))
 }
 
+/// Weights of the conv op: `w [K, E]`, `bias [E]`.
+pub struct ConvWeights<'a> {
+    pub w: &'a [f32],
+    pub bias: &'a [f32],
+}
+
 /// One batch row of the conv op: `xz [T, 2E]`, `state [K-1, E]` -> `xc [T, E]`, `next [K-1, E]`.
 #[inline(always)]
 fn conv_row_impl(
     d: &ConvDims,
     xz: &[f32],
     state: &[f32],
-    w: &[f32],
-    bias: &[f32],
+    wt: &ConvWeights,
     xc: &mut [f32],
     next: &mut [f32],
+    acc: &mut [f32],
 ) {
     let (t_len, e_len, k_len) = (d.t, d.e, d.k);
+    let (w, bias) = (wt.w, wt.bias);
     // the window of the last K-1 inputs, oldest first, rolled in place
     next.copy_from_slice(state);
-    let mut acc = vec![0.0f32; e_len];
     for t in 0..t_len {
         let x = &xz[t * 2 * e_len..t * 2 * e_len + e_len];
         acc.fill(0.0);
@@ -137,7 +144,7 @@ fn conv_row_impl(
         }
         let wl = &w[(k_len - 1) * e_len..k_len * e_len];
         let out = &mut xc[t * e_len..(t + 1) * e_len];
-        for ((((o, &a), &wv), &xv), &bv) in out.iter_mut().zip(&acc).zip(wl).zip(x).zip(bias) {
+        for ((((o, &a), &wv), &xv), &bv) in out.iter_mut().zip(&*acc).zip(wl).zip(x).zip(bias) {
             *o = silu::<false>(a + wv * xv + bv);
         }
         if k_len > 1 {
@@ -149,20 +156,20 @@ fn conv_row_impl(
 }
 
 /// Scratch of one SSM row: dt, dt·x and y per channel.
+#[derive(Default)]
 pub struct SsmScratch {
     dt: Vec<f32>,
     dtx: Vec<f32>,
     y: Vec<f32>,
 }
 
-impl SsmScratch {
-    pub fn new(e: usize) -> Self {
-        Self {
-            dt: vec![0.0; e],
-            dtx: vec![0.0; e],
-            y: vec![0.0; e],
-        }
-    }
+// Per-thread scratch of the row kernels, kept between calls so that a step allocates nothing
+// (rows run on the calling thread or on ONNX Runtime's intra-op pool). Every buffer is fully
+// overwritten before it is read.
+thread_local! {
+    static SSM_SCRATCH: RefCell<SsmScratch> = RefCell::new(SsmScratch::default());
+    static CONV_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SPEC_SCRATCH: RefCell<SpecScratch> = RefCell::new(SpecScratch::default());
 }
 
 /// Per-row inputs of the SSM op (slices of one batch row).
@@ -298,6 +305,16 @@ fn nonzeros(m: usize, mel: &[f64]) -> Vec<MelWeight> {
         .collect()
 }
 
+/// Buffers of one [`Spectrum::row`] call (per thread, see `SPEC_SCRATCH`).
+#[derive(Default)]
+struct SpecScratch {
+    buf: Vec<f64>,
+    spec: Vec<Complex<f64>>,
+    fft: Vec<Complex<f64>>,
+    power: Vec<f64>,
+    acc: Vec<f64>,
+}
+
 /// Windowed power spectrum + sparse filterbank + log, one batch row at a time.
 pub struct Spectrum {
     fft: Arc<dyn RealToComplex<f64>>,
@@ -318,11 +335,32 @@ impl Spectrum {
     /// One batch row: `x [S]` -> `out [T, M]`; `mel` from [`LogMelCpu::parts`] (summed over
     /// bins in order, as the dense product would).
     pub fn row(&self, d: &LogMelDims, x: &[f32], mel: &[MelWeight], out: &mut [f32]) {
-        let mut buf = vec![0.0f64; N_FFT];
-        let mut spec = vec![Complex::new(0.0f64, 0.0); N_FFT / 2 + 1];
-        let mut scratch = self.fft.make_scratch_vec();
-        let mut power = vec![0.0f64; N_FFT / 2 + 1];
-        let mut acc = vec![0.0f64; d.m];
+        SPEC_SCRATCH.with_borrow_mut(|s| {
+            s.buf.resize(N_FFT, 0.0);
+            s.spec.resize(N_FFT / 2 + 1, Complex::new(0.0, 0.0));
+            s.fft
+                .resize(self.fft.get_scratch_len(), Complex::new(0.0, 0.0));
+            s.power.resize(N_FFT / 2 + 1, 0.0);
+            s.acc.resize(d.m, 0.0);
+            self.row_with(d, x, mel, out, s)
+        })
+    }
+
+    fn row_with(
+        &self,
+        d: &LogMelDims,
+        x: &[f32],
+        mel: &[MelWeight],
+        out: &mut [f32],
+        s: &mut SpecScratch,
+    ) {
+        let SpecScratch {
+            buf,
+            spec,
+            fft: scratch,
+            power,
+            acc,
+        } = s;
         for t in 0..d.t {
             let frame = &x[t * HOP..t * HOP + WIN];
             for ((b, &v), &w) in buf.iter_mut().zip(frame).zip(&self.hann) {
@@ -330,17 +368,15 @@ impl Spectrum {
             }
             buf[WIN..].fill(0.0);
             // the buffer sizes are the plan's, so this cannot fail
-            let _ = self
-                .fft
-                .process_with_scratch(&mut buf, &mut spec, &mut scratch);
-            for (p, c) in power.iter_mut().zip(&spec) {
+            let _ = self.fft.process_with_scratch(buf, spec, scratch);
+            for (p, c) in power.iter_mut().zip(spec.iter()) {
                 *p = c.re * c.re + c.im * c.im;
             }
             acc.fill(0.0);
             for &(k, j, w) in mel {
                 acc[j as usize] += power[k as usize] * w;
             }
-            for (o, &a) in out[t * d.m..(t + 1) * d.m].iter_mut().zip(&acc) {
+            for (o, &a) in out[t * d.m..(t + 1) * d.m].iter_mut().zip(acc.iter()) {
                 *o = (a + 1e-6).ln() as f32;
             }
         }
@@ -353,12 +389,12 @@ unsafe fn conv_row_avx2(
     d: &ConvDims,
     xz: &[f32],
     state: &[f32],
-    w: &[f32],
-    bias: &[f32],
+    wt: &ConvWeights,
     xc: &mut [f32],
     next: &mut [f32],
+    acc: &mut [f32],
 ) {
-    conv_row_impl(d, xz, state, w, bias, xc, next)
+    conv_row_impl(d, xz, state, wt, xc, next, acc)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -392,17 +428,19 @@ pub fn conv_row(
     d: &ConvDims,
     xz: &[f32],
     state: &[f32],
-    w: &[f32],
-    bias: &[f32],
+    wt: &ConvWeights,
     xc: &mut [f32],
     next: &mut [f32],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { conv_row_avx2(d, xz, state, w, bias, xc, next) };
-    }
-    conv_row_impl(d, xz, state, w, bias, xc, next)
+    CONV_SCRATCH.with_borrow_mut(|acc| {
+        acc.resize(d.e, 0.0);
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { conv_row_avx2(d, xz, state, wt, xc, next, acc) };
+        }
+        conv_row_impl(d, xz, state, wt, xc, next, acc)
+    })
 }
 
 /// The SSM op for one batch row.
@@ -413,14 +451,18 @@ pub fn ssm_row(
     h0: &[f32],
     out: &mut [f32],
     h: &mut [f32],
-    s: &mut SsmScratch,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { ssm_row_avx2(dm, row, wt, h0, out, h, s) };
-    }
-    ssm_row_impl::<false>(dm, row, wt, h0, out, h, s)
+    SSM_SCRATCH.with_borrow_mut(|s| {
+        for v in [&mut s.dt, &mut s.dtx, &mut s.y] {
+            v.resize(dm.e, 0.0);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { ssm_row_avx2(dm, row, wt, h0, out, h, s) };
+        }
+        ssm_row_impl::<false>(dm, row, wt, h0, out, h, s)
+    })
 }
 
 #[cfg(test)]

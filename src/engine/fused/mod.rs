@@ -537,8 +537,10 @@ impl Kernel for ConvCpu {
         let d = ConvDims::check(&shapes)?;
         let xz = host_slice(&ins[0], "MambaConv xz")?;
         let st = host_slice(&ins[1], "MambaConv conv_state")?;
-        let w = host_slice(&ins[2], "MambaConv weight")?;
-        let bias = host_slice(&ins[3], "MambaConv bias")?;
+        let wt = cpu::ConvWeights {
+            w: host_slice(&ins[2], "MambaConv weight")?,
+            bias: host_slice(&ins[3], "MambaConv bias")?,
+        };
         let xc = SendPtr::of(&host_out(ctx, 0, d.out())?);
         let nx = SendPtr::of(&host_out(ctx, 1, d.state())?);
         let (rt, rs) = (d.t * d.e, (d.k - 1) * d.e);
@@ -546,7 +548,7 @@ impl Kernel for ConvCpu {
             // SAFETY: row i's ranges of the two outputs, disjoint across rows.
             let (xc_r, nx_r) = unsafe { (xc.row(i, rt), nx.row(i, rs)) };
             let (xz_r, st_r) = (&xz[i * 2 * rt..(i + 1) * 2 * rt], &st[i * rs..(i + 1) * rs]);
-            cpu::conv_row(&d, xz_r, st_r, w, bias, xc_r, nx_r);
+            cpu::conv_row(&d, xz_r, st_r, &wt, xc_r, nx_r);
         })
     }
 }
@@ -588,7 +590,7 @@ impl Kernel for SsmCpu {
                 dbc: &sl[2][i * rw..(i + 1) * rw],
             };
             let h0 = &sl[7][i * rh..(i + 1) * rh];
-            cpu::ssm_row(&dm, &r, &wt, h0, y_r, h_r, &mut cpu::SsmScratch::new(dm.e));
+            cpu::ssm_row(&dm, &r, &wt, h0, y_r, h_r);
         })
     }
 }
