@@ -42,6 +42,27 @@ fn sine_clip(dir: &std::path::Path) -> std::path::PathBuf {
     p
 }
 
+/// `mambatag serve` with one `mic` source on the virtual microphone (`events` and `source`:
+/// extra TOML for the `[events]` table and the source), and an SSE client that has seen the
+/// source come `up`.
+fn serve_mic(
+    dir: &std::path::Path,
+    pulse: &Pulse,
+    events: &str,
+    source: &str,
+) -> (Served, SseClient) {
+    let cfg = format!(
+        "model = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[events]\n{events}[[source]]\nname = \"mic\"\nkind = \"mic\"\ndevice = \"pulse\"\n{source}",
+        tiny_model().display()
+    );
+    let rt = pulse.runtime.display().to_string();
+    let d = serve(dir, &cfg, &[("PULSE_RUNTIME_PATH", &rt)]);
+    let mut sse = SseClient::connect(d.addr(), "", None);
+    sse.wait(LONG, |e| e.event == "source" && e.data["state"] == "up")
+        .unwrap_or_else(|| panic!("the mic never came up:\n{}", d.log_text()));
+    (d, sse)
+}
+
 #[test]
 fn mic_events_reach_sse_and_the_source_survives_unplugging() {
     if skip() {
@@ -50,25 +71,12 @@ fn mic_events_reach_sse_and_the_source_survives_unplugging() {
     let dir = scratch("vmic");
     let mut pulse = Pulse::start(&dir);
     let clip = sine_clip(&dir);
-    let cfg = format!(
-        r#"model = "{}"
-[api]
-listen = "127.0.0.1:0"
-[events]
-min_duration = 0.05
-[[source]]
-name = "mic"
-kind = "mic"
-device = "pulse"
-buffer_frames = 480
-"#,
-        tiny_model().display()
+    let (mut d, mut sse) = serve_mic(
+        &dir,
+        &pulse,
+        "min_duration = 0.05\n",
+        "buffer_frames = 480\n",
     );
-    let rt = pulse.runtime.display().to_string();
-    let mut d = serve(&dir, &cfg, &[("PULSE_RUNTIME_PATH", &rt)]);
-    let mut sse = SseClient::connect(d.addr(), "", None);
-    sse.wait(LONG, |e| e.event == "source" && e.data["state"] == "up")
-        .unwrap_or_else(|| panic!("the mic never came up:\n{}", d.log_text()));
     // Let the silence settle (`impact` is off on silence), then play the clip.
     std::thread::sleep(Duration::from_millis(500));
     let mut play = pulse.play(&clip);
@@ -129,15 +137,7 @@ fn mic_survives_a_sound_server_restart() {
     let dir = scratch("vmic-restart");
     let mut pulse = Pulse::start(&dir);
     let clip = sine_clip(&dir);
-    let cfg = format!(
-        "model = \"{}\"\n[api]\nlisten = \"127.0.0.1:0\"\n[[source]]\nname = \"mic\"\nkind = \"mic\"\ndevice = \"pulse\"\n",
-        tiny_model().display()
-    );
-    let rt = pulse.runtime.display().to_string();
-    let mut d = serve(&dir, &cfg, &[("PULSE_RUNTIME_PATH", &rt)]);
-    let mut sse = SseClient::connect(d.addr(), "", None);
-    sse.wait(LONG, |e| e.event == "source" && e.data["state"] == "up")
-        .unwrap_or_else(|| panic!("the mic never came up:\n{}", d.log_text()));
+    let (mut d, mut sse) = serve_mic(&dir, &pulse, "", "");
     pulse.kill_server();
     sse.wait(LONG, |e| e.event == "source" && e.data["state"] == "down")
         .unwrap_or_else(|| panic!("no `down` after the server died:\n{}", d.log_text()));
@@ -195,26 +195,12 @@ fn latency_benchmark() {
     }
     let dir = scratch("latency");
     let pulse = Pulse::start(&dir);
-    let cfg = format!(
-        r#"model = "{}"
-[api]
-listen = "127.0.0.1:0"
-[events]
-smooth = 1
-min_duration = 0.0
-[[source]]
-name = "mic"
-kind = "mic"
-device = "pulse"
-buffer_frames = 480
-"#,
-        tiny_model().display()
+    let (d, mut sse) = serve_mic(
+        &dir,
+        &pulse,
+        "smooth = 1\nmin_duration = 0.0\n",
+        "buffer_frames = 480\n",
     );
-    let rt = pulse.runtime.display().to_string();
-    let d = serve(&dir, &cfg, &[("PULSE_RUNTIME_PATH", &rt)]);
-    let mut sse = SseClient::connect(d.addr(), "", None);
-    sse.wait(LONG, |e| e.event == "source" && e.data["state"] == "up")
-        .expect("mic up");
     let mut pacat = std::process::Command::new("pacat")
         .args([
             "--playback",
