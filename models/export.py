@@ -395,16 +395,32 @@ def fused_layer(g: GraphBuilder, x: str, conv_state: str, h0: str, P: dict, pre:
     return x, conv_next, h
 
 
-def mamba_layers(g: GraphBuilder, x: str, states: dict, nexts: dict, weights: dict, c, fused: bool,
+def layer_op(g: GraphBuilder, x: str, conv_state: str, h0: str, P: dict, pre: str) -> tuple[str, str, str]:
+    """One residual Mamba block for one hop as the single ``MambaLayer`` op: ``x [B, D]`` ->
+    ``(x', conv', h')`` (the layer step graph, ``step-layer.onnx``)."""
+    W = np.concatenate([P["x_dt"], P["x_B"], P["x_C"]], 1)
+    ins = [x, conv_state, h0, g.const(pre + "norm_w", P["norm"]),
+           g.const(pre + "in_w", np.concatenate([P["in_x"], P["in_z"]], 1)),
+           g.const(pre + "conv_w", P["conv_w"]), g.const(pre + "conv_b", P["conv_b"]), g.const(pre + "x_w", W),
+           g.const(pre + "dt_w", P["dt_w"]), g.const(pre + "dt_bias", P["dt_b"]), g.const(pre + "A", P["A"]),
+           g.const(pre + "D", P["D"]), g.const(pre + "out_w", P["out"]), g.const("norm_eps1", np.array([RMS_EPS]))]
+    # outputs 4 and 5 (xz, y: the in_proj and gated SSM outputs) are intermediates that the graph
+    # does not read; the CUDA kernel uses them as its scratch between launches
+    return tuple(g.op("MambaLayer", ins, pre + "layer", n_out=5, domain=FUSED_DOMAIN)[:3])
+
+
+def mamba_layers(g: GraphBuilder, x: str, states: dict, nexts: dict, weights: dict, c, fused,
                  conv_fn, scan_fn) -> str:
-    """All residual Mamba blocks of a graph: :func:`fused_layer` each, or the standard ops with
+    """All residual Mamba blocks of a graph: :func:`fused_layer` each (``fused`` true),
+    :func:`layer_op` each (``fused == "layer"``), or the standard ops with
     ``conv_fn`` (:func:`conv_step` / :func:`conv_chunk`) and ``scan_fn(g, xc, dt, B, C, h0, P,
     pre) -> (y, h')``. Puts the next states into ``nexts``; returns the new residual stream."""
     for i in range(c.n_layers):
         pre, P = f"l{i}_", layer_params(weights, c, i)
         conv, ssm = f"state.layer{i}.conv", f"state.layer{i}.ssm"
         if fused:
-            x, nexts[conv], nexts[ssm] = fused_layer(g, x, states[conv], states[ssm], P, pre)
+            one = layer_op if fused == "layer" else fused_layer
+            x, nexts[conv], nexts[ssm] = one(g, x, states[conv], states[ssm], P, pre)
             continue
         xin, z = block_projections(g, x, P, pre)
         xc, nexts[conv] = conv_fn(g, xin, states[conv], P, pre)
@@ -436,9 +452,10 @@ def state_shapes(config) -> dict[str, list[int]]:
 
 
 def build_step_graph(weights: dict, config, metadata: dict[str, str],
-                     frontend_dtype=np.float64, fused: bool = False) -> onnx.ModelProto:
+                     frontend_dtype=np.float64, fused: bool | str = False) -> onnx.ModelProto:
     """The step graph: ``audio [B, 160]`` + states -> ``scores [B, C]`` + next states.
-    ``fused``: each layer's conv and selective-state update as the ``ai.mambatag`` ops."""
+    ``fused``: each layer's conv and selective-state update as the ``ai.mambatag`` ops;
+    ``"layer"``: each whole layer as one ``MambaLayer`` op."""
     c = as_config(config)
     check_weights(weights, c)
     g = GraphBuilder()
@@ -780,7 +797,8 @@ def export_package(weights_path, outdir, name: str | None = None, version: str =
     takes any ``T``. ``chunk_scan``: ``scan`` (default) or ``chunked`` (see :data:`CHUNK_OPTIONS`).
 
     ``fused``: also write ``step-fused.onnx`` / ``chunk-fused.onnx``, the same graphs with each
-    layer's conv and selective-state update as the ``ai.mambatag`` fused ops (CONTRACT.md §7).
+    layer's conv and selective-state update as the ``ai.mambatag`` fused ops, and
+    ``step-layer.onnx``, the step graph with each layer as one ``MambaLayer`` op (CONTRACT.md §7).
 
     ``shared_weights``: store the graphs' weights once in ``outdir/weights.bin`` (ONNX external
     data) instead of inside each ``.onnx`` (see :func:`share_weights`).
@@ -810,10 +828,11 @@ def export_package(weights_path, outdir, name: str | None = None, version: str =
     elif chunk_path.exists():
         chunk_path.unlink()
     dtype = np.dtype(frontend_precision).type
-    for kind, p in (("step", outdir / "step-fused.onnx"), ("chunk", outdir / "chunk-fused.onnx")):
-        if fused and (kind == "step" or chunk_frames):
-            if kind == "step":
-                graphs[p] = build_step_graph(weights, config, md, dtype, fused=True)
+    for kind, p in (("step", outdir / "step-fused.onnx"), ("layer", outdir / "step-layer.onnx"),
+                    ("chunk", outdir / "chunk-fused.onnx")):
+        if fused and (kind != "chunk" or chunk_frames):
+            if kind != "chunk":
+                graphs[p] = build_step_graph(weights, config, md, dtype, fused=True if kind == "step" else "layer")
             else:
                 graphs[p] = build_chunk_graph(weights, config, cmd, dtype, fused=True)
         elif p.exists():
@@ -914,15 +933,15 @@ def main(argv=None) -> int:
                     "OUTDIR/weights.bin (ONNX external data), instead of inside each .onnx")
     ap.add_argument("--frontend-precision", choices=["float64", "float32"], default="float64",
                     help="arithmetic of the DFT/mel front end inside the graph (default float64)")
-    ap.add_argument("--no-fused", action="store_true", help="do not write step-fused.onnx / chunk-fused.onnx "
-                    "(the graphs with the ai.mambatag fused ops)")
+    ap.add_argument("--no-fused", action="store_true", help="do not write step-fused.onnx / step-layer.onnx / "
+                    "chunk-fused.onnx (the graphs with the ai.mambatag fused ops)")
     ap.add_argument("--bench", action="store_true", help="time the graphs (1 thread, B=1 and B=16)")
     a = ap.parse_args(argv)
     path = export_package(a.weights, a.outdir, a.name, a.version, a.license, a.thresholds,
                           a.description, a.chunk_frames, not a.no_weights, a.frontend_precision, a.chunk_scan,
                           a.shared_weights, not a.no_fused)
     chunk = path.parent / "chunk.onnx"
-    for p in (path, chunk, path.parent / "step-fused.onnx", path.parent / "chunk-fused.onnx"):
+    for p in (path, chunk, *(path.parent / f for f in ("step-fused.onnx", "step-layer.onnx", "chunk-fused.onnx"))):
         if p.exists():
             print(f"wrote {p} ({p.stat().st_size / 1024:.1f} KiB)")
     if a.bench:

@@ -1,15 +1,16 @@
 """numpy reference of the fused operators (domain ``ai.mambatag``, CONTRACT.md §7).
 
-The Rust engine implements ``MambaConv`` and ``MambaSsm`` for ONNX Runtime (CPU in Rust, CUDA
+The Rust engine implements ``MambaLogMel``, ``MambaConv``, ``MambaSsm`` and ``MambaLayer`` for ONNX Runtime (CPU in Rust, CUDA
 as PTX kernels); onnxruntime's Python package does not know them. This module gives their
-semantics in numpy, as ``onnx.reference`` operators, so that ``step-fused.onnx`` and
-``chunk-fused.onnx`` can be run and verified here without torch or the Rust engine::
+semantics in numpy, as ``onnx.reference`` operators, so that ``step-fused.onnx``,
+``step-layer.onnx`` and ``chunk-fused.onnx`` can be run and verified here without torch or the Rust engine::
 
     from models.fused_ops import FusedRunner
     r = FusedRunner("models/default/chunk-fused.onnx")
     outs = r.run({"audio": audio, **states})          # dict of output name -> array
 
-Both ops work on ``T`` hops per call (``T = 1`` in the step graph). Float64 inside, float32 out.
+The conv, SSM and log-mel ops work on ``T`` hops per call (``T = 1`` in the step graph);
+``MambaLayer`` is one hop. Float64 inside, float32 out.
 """
 
 from __future__ import annotations
@@ -87,6 +88,20 @@ def mamba_logmel(audio, mel):
     return np.log(power @ np.asarray(mel, np.float64) + frontend.LOG_EPS).astype(np.float32)
 
 
+def mamba_layer(x, conv_state, h, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, eps):
+    """A whole residual Mamba block for one hop (``step-layer.onnx``): ``x [B, Dm]`` ->
+    ``(x + y @ out_w [B, Dm], conv_state', h', xz [B, 2E], y [B, E])``; ``xz = u @ in_w`` with
+    ``u = RMSNorm(x)``, then :func:`mamba_conv`, ``dbc = xc @ x_w`` and :func:`mamba_ssm` give
+    ``y`` (the last two outputs are these intermediates)."""
+    f = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    x = f(x)
+    u = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + f(eps)[0]) * f(norm_w)
+    xz = u @ f(in_w)
+    xc, conv2 = mamba_conv(xz, conv_state, f(conv_w), f(conv_b))
+    y, h2 = mamba_ssm(xc, xz, f(xc) @ f(x_w), dt_w, dt_b, A, D, h)
+    return (x + f(y) @ f(out_w)).astype(np.float32), conv2, h2, xz.astype(np.float32), y
+
+
 class MambaLogMel(OpRun):
     op_domain = DOMAIN
 
@@ -108,6 +123,13 @@ class MambaSsm(OpRun):
         return mamba_ssm(xc, xz, dbc, dt_w, dt_b, A, D, h)
 
 
+class MambaLayer(OpRun):
+    op_domain = DOMAIN
+
+    def _run(self, x, conv_state, h, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, eps):
+        return mamba_layer(x, conv_state, h, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, eps)
+
+
 def uses_fused_ops(model: onnx.ModelProto) -> bool:
     return any(n.domain == DOMAIN for n in model.graph.node)
 
@@ -119,7 +141,7 @@ class FusedRunner:
         path = Path(path)
         # external data (weights.bin) is resolved against the graph's folder
         self.model = onnx.load(str(path), load_external_data=True)
-        self.ev = ReferenceEvaluator(self.model, new_ops=[MambaConv, MambaSsm, MambaLogMel])
+        self.ev = ReferenceEvaluator(self.model, new_ops=[MambaConv, MambaSsm, MambaLogMel, MambaLayer])
         self.output_names = [o.name for o in self.model.graph.output]
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -471,15 +471,15 @@ def verify(target, weights=None, frames: int = 1000, tol: float = 1e-4, log=prin
 
 def verify_fused(step_path: Path, info: ContractInfo, step_sess, audio: np.ndarray, tol: float = 1e-4,
                  log=print, step_frames: int = 120) -> bool:
-    """Check ``step-fused.onnx`` / ``chunk-fused.onnx`` beside ``step_path`` (CONTRACT.md §7):
+    """Check ``step-fused.onnx`` / ``step-layer.onnx`` / ``chunk-fused.onnx`` beside ``step_path`` (CONTRACT.md §7):
     same contract and metadata as their standard twins, and the same scores as the standard step
     graph (run through :mod:`models.fused_ops`, the numpy semantics of the fused ops)."""
     from models.fused_ops import FusedRunner, uses_fused_ops
 
     ok = True
     want = run_steps(step_sess, audio, info.hop)[0]  # [frames, C]
-    for kind in ("step", "chunk"):
-        p = step_path.parent / f"{kind}-fused.onnx"
+    for kind, name in (("step", "step-fused.onnx"), ("step", "step-layer.onnx"), ("chunk", "chunk-fused.onnx")):
+        p = step_path.parent / name
         if not p.is_file():
             log(f"no {p.name}: fused checks skipped")
             continue

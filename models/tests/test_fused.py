@@ -1,4 +1,4 @@
-"""The fused-op graphs (step-fused.onnx / chunk-fused.onnx, CONTRACT.md §7): written by the
+"""The fused-op graphs (step-fused.onnx / step-layer.onnx / chunk-fused.onnx, CONTRACT.md §7): written by the
 exporter, same contract as their standard twins, and — through the numpy semantics of the ops in
 models/fused_ops.py — the same scores as the standard step graph and the float64 reference."""
 
@@ -76,6 +76,32 @@ def test_verify_checks_fused_graphs(big_model, capsys):
     assert verify(path.parent, weights=path.parent / "weights.safetensors", frames=200)
     out = capsys.readouterr().out
     assert "ok fused: step-fused.onnx" in out and "ok fused: chunk-fused.onnx" in out
+    assert "ok fused: step-layer.onnx" in out
+
+
+@pytest.mark.parametrize("which", ["tiny", "big"])
+def test_layer_step_graph_matches_reference(which, tiny_model, big_model):
+    """step-layer.onnx: one MambaLayer op per layer (no projections left as MatMuls), the step
+    graph's contract, and the float64 reference's scores over 80 carried steps."""
+    step_path, w, c = tiny_model if which == "tiny" else big_model
+    p = step_path.parent / "step-layer.onnx"
+    m = onnx.load(str(p), load_external_data=False)
+    info = check_contract(m, expect_graph="step")
+    n_layers = sum(1 for k in info.states if k.endswith(".ssm"))
+    ops = [n.op_type for n in m.graph.node]
+    assert ops.count("MambaLayer") == n_layers and "MambaSsm" not in ops
+    assert ops.count("MatMul") == 2  # the embedding and the head
+    audio = test_signal(80, seed=5)
+    ref = reference_scores(w, c, audio)
+    r = FusedRunner(p)
+    st = {k: np.zeros([1] + v, np.float32) for k, v in info.states.items()}
+    got = []
+    for t in range(80):
+        o = r.run({"audio": audio[None, t * 160:(t + 1) * 160].astype(np.float32), **st})
+        got.append(o["scores"][0])
+        st = {k: o[k + ".next"] for k in st}
+    err = np.abs(np.stack(got) - ref).max()
+    assert err < 1e-4, err
 
 
 def test_verify_catches_a_wrong_fused_graph(tmp_path, tiny_model, capsys):
