@@ -1,6 +1,6 @@
 //! The fused-operator graphs (`step-fused.onnx`, `chunk-fused.onnx`: each layer's conv and
-//! selective-state update as the `ai.mambatag` MambaConv/MambaSsm ops, CPU kernels here)
-//! against the standard-operator step graph, which is independent arithmetic: same scores
+//! selective-state update as the `ai.mambatag` MambaConv/MambaSsm ops; `step-layer.onnx`: each
+//! whole layer as one MambaLayer op; CPU kernels here) against the standard-operator step graph, which is independent arithmetic: same scores
 //! frame by frame, with state carried, idle rows, slot resets and chunked calls.
 
 mod common;
@@ -26,20 +26,31 @@ fn opts(kernels: Kernels) -> EngineOptions {
 fn packages_ship_fused_graphs() {
     for m in [tiny_model(), default_model()] {
         let pkg = ModelPackage::locate(&m).unwrap();
-        let s = graph_for(&pkg.step, Kernels::Auto).unwrap();
-        assert!(s.ends_with("step-fused.onnx"), "{}", s.display());
-        let c = graph_for(pkg.chunk.as_ref().unwrap(), Kernels::Auto).unwrap();
+        let chunk = pkg.chunk.as_ref().unwrap();
+        for (gpu, step, chunk_graph) in [
+            (false, "step-fused.onnx", "chunk-fused.onnx"),
+            (true, "step-layer.onnx", "chunk-fused.onnx"),
+        ] {
+            let s = graph_for(&pkg.step, Kernels::Auto, gpu).unwrap();
+            assert!(s.ends_with(step), "{}", s.display());
+            let c = graph_for(chunk, Kernels::Auto, gpu).unwrap();
+            assert!(c.ends_with(chunk_graph), "{}", c.display());
+            assert_eq!(graph_for(&pkg.step, Kernels::Onnx, gpu).unwrap(), pkg.step);
+        }
+        let l = graph_for(&pkg.step, Kernels::Layer, false).unwrap();
+        assert!(l.ends_with("step-layer.onnx"), "{}", l.display());
+        // there is no layer chunk graph: --kernels layer runs chunks on the fused graph
+        let c = graph_for(chunk, Kernels::Layer, false).unwrap();
         assert!(c.ends_with("chunk-fused.onnx"), "{}", c.display());
-        assert_eq!(graph_for(&pkg.step, Kernels::Onnx).unwrap(), pkg.step);
     }
 }
 
 /// 3 rows over 1,500 steps: row 1 idles every 7th step (its state must stay put), row 2 is
-/// reset at step 600 (as a new stream joining) — fused and standard engines side by side.
-fn step_parity(model: &Path, steps: usize) -> f32 {
+/// reset at step 600 (as a new stream joining) — `kernels` and standard engines side by side.
+fn step_parity(model: &Path, steps: usize, kernels: Kernels) -> f32 {
     let pkg = ModelPackage::locate(model).unwrap();
     let mut a = Engine::load(&pkg.step, &opts(Kernels::Onnx), 3, 1).unwrap();
-    let mut b = Engine::load(&pkg.step, &opts(Kernels::Fused), 3, 1).unwrap();
+    let mut b = Engine::load(&pkg.step, &opts(kernels), 3, 1).unwrap();
     let mut buf = vec![0.0; 160];
     let mut max = 0.0f32;
     for t in 0..steps {
@@ -64,16 +75,28 @@ fn step_parity(model: &Path, steps: usize) -> f32 {
 
 #[test]
 fn fused_step_matches_standard_step_on_test_tiny() {
-    let d = step_parity(&tiny_model(), 1500);
+    let d = step_parity(&tiny_model(), 1500, Kernels::Fused);
     println!("test-tiny: fused vs standard step, max abs score difference {d:e}");
     assert!(d <= 1e-5, "{d}");
 }
 
 #[test]
 fn fused_step_matches_standard_step_on_default_model() {
-    let d = step_parity(&default_model(), 1500);
+    let d = step_parity(&default_model(), 1500, Kernels::Fused);
     println!("default: fused vs standard step, max abs score difference {d:e}");
     assert!(d <= 1e-5, "{d}");
+}
+
+#[test]
+fn layer_step_matches_standard_step() {
+    for model in [tiny_model(), default_model()] {
+        let d = step_parity(&model, 1500, Kernels::Layer);
+        println!(
+            "{}: layer vs standard step, max abs score difference {d:e}",
+            model.display()
+        );
+        assert!(d <= 1e-5, "{}: {d}", model.display());
+    }
 }
 
 /// chunk-fused.onnx (T = 64 per call, then a 23-frame tail through a T = 23 engine handed the
@@ -147,6 +170,14 @@ fn kernels_fused_without_a_fused_graph_is_a_clear_error() {
         msg.contains("no fused graph") && msg.contains("step-fused.onnx"),
         "{msg}"
     );
+    let e = Engine::load(&step, &opts(Kernels::Layer), 1, 1)
+        .err()
+        .expect("must fail");
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("no layer graph") && msg.contains("step-layer.onnx"),
+        "{msg}"
+    );
     // auto falls back to the standard graph
     let e = Engine::load(&step, &opts(Kernels::Auto), 1, 1).unwrap();
     assert_eq!(e.info().num_labels(), 8);
@@ -186,5 +217,73 @@ fn a_broken_fused_graph_is_a_clear_error() {
     assert!(!o.status.success());
     let msg = stderr(&o);
     assert!(msg.contains("MambaSsm"), "{msg}");
+    assert!(!msg.contains("panicked"), "{msg}");
+}
+
+/// `--kernels auto` with a layer-graph switch point (on a GPU 512 rows; here 1, to run the same
+/// code on the CPU): one stream runs the layer step graph, and a batch that grows past it
+/// switches to the fused step graph with every row's state carried over; scores match the
+/// standard graph throughout. Without the option the CPU never runs the layer graph.
+#[test]
+fn auto_engine_switches_graphs_as_the_batch_grows() {
+    let pkg = ModelPackage::locate(&default_model()).unwrap();
+    let plain = Engine::load(&pkg.step, &opts(Kernels::Auto), 1, 1).unwrap();
+    assert!(plain.info().path.ends_with("step-fused.onnx"));
+    let o = EngineOptions {
+        layer_max_batch: Some(1),
+        ..opts(Kernels::Auto)
+    };
+    let mut auto = Engine::load(&pkg.step, &o, 1, 1).unwrap();
+    assert!(
+        auto.info().path.ends_with("step-layer.onnx"),
+        "{}",
+        auto.info().path.display()
+    );
+    let mut std = Engine::load(&pkg.step, &opts(Kernels::Onnx), 1, 1).unwrap();
+    let mut buf = vec![0.0; 160];
+    let mut max = 0.0f32;
+    for t in 0..400 {
+        if t == 150 {
+            auto.resize(3).unwrap();
+            std.resize(3).unwrap();
+        }
+        for r in 0..std.capacity() {
+            hop_audio(t, r, &mut buf);
+            auto.input_mut(r).copy_from_slice(&buf);
+            std.input_mut(r).copy_from_slice(&buf);
+        }
+        let adv = vec![true; std.capacity()];
+        auto.run(&adv).unwrap();
+        std.run(&adv).unwrap();
+        for r in 0..std.capacity() {
+            max = max.max(max_abs_diff(auto.scores(r), std.scores(r)));
+        }
+    }
+    println!("auto (layer graph, then fused from 3 rows) vs standard: {max:e}");
+    assert!(max <= 1e-5, "{max}");
+}
+
+/// A layer graph whose layer-0 `in_w` lacks a row (made from test-tiny's step-layer.onnx by
+/// dropping the last row of `l0_in_w`): the first step fails naming the op, the input and the
+/// shapes, and the CLI exits non-zero without a panic.
+#[test]
+fn a_broken_layer_graph_is_a_clear_error() {
+    let bad = repo().join("tests/data/bad-layer-step.onnx");
+    let mut e = Engine::load(&bad, &opts(Kernels::Auto), 1, 1).expect("loads");
+    let err = format!("{:#}", e.run(&[true]).expect_err("the step must fail"));
+    assert!(
+        err.contains("MambaLayer in_w: shape [15, 64], expected [16, 64]"),
+        "{err}"
+    );
+    let wav = sine_wav();
+    let o = mambatag(&[
+        "tag",
+        "--model",
+        bad.to_str().unwrap(),
+        wav.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let msg = stderr(&o);
+    assert!(msg.contains("MambaLayer"), "{msg}");
     assert!(!msg.contains("panicked"), "{msg}");
 }

@@ -3,7 +3,7 @@
 //! tests/engine.rs (`device_style_row_copies_behave_the_same`).
 //!
 //! Model: `$MAMBATAG_GPU_MODEL`, else models/default when present, else models/test-tiny.
-//! GPU graph: `$MAMBATAG_GPU_KERNELS` (`auto` = the fused graph, default; `onnx`; `fused`). The
+//! GPU graph: `$MAMBATAG_GPU_KERNELS` (`auto` = the layer step graph, default; `onnx`; `fused`; `layer`). The
 //! CPU reference is always the standard-operator graph, so the fused CUDA kernels are checked
 //! against independent arithmetic.
 
@@ -34,6 +34,7 @@ fn gpu_kernels() -> Kernels {
     match std::env::var("MAMBATAG_GPU_KERNELS").as_deref() {
         Ok("onnx") => Kernels::Onnx,
         Ok("fused") => Kernels::Fused,
+        Ok("layer") => Kernels::Layer,
         _ => Kernels::Auto,
     }
 }
@@ -174,6 +175,39 @@ fn gpu_batch_growth_mid_stream_matches_cpu() {
     }
     assert_eq!(gpu.capacity(), 16);
     println!("batch growing 1 → 4 → 16 mid-stream, GPU vs CPU: max abs difference {max:e}");
+    assert!(max <= 1e-3, "{max}");
+}
+
+/// Under `--kernels auto` a GPU engine runs the layer step graph up to `LAYER_MAX_BATCH` rows
+/// and the fused step graph above: growing 16 → 1,024 rows mid-stream switches graphs with the
+/// state carried over, and every row still matches the CPU.
+#[test]
+#[ignore = "needs a GPU (--features cuda)"]
+fn gpu_growth_past_the_layer_graph_batch_matches_cpu() {
+    let big = 1024;
+    assert!(big > mambatag::engine::LAYER_MAX_BATCH);
+    let mut cpu = load(Device::Cpu, 16);
+    let mut gpu = load(Device::Cuda, 16);
+    let mut max = 0.0f32;
+    let mut buf = vec![0.0; 160];
+    for t in 0..150 {
+        if t == 60 {
+            cpu.resize(big).unwrap();
+            gpu.resize(big).unwrap();
+        }
+        for r in 0..cpu.capacity() {
+            hop_audio(t, r, &mut buf);
+            cpu.input_mut(r).copy_from_slice(&buf);
+            gpu.input_mut(r).copy_from_slice(&buf);
+        }
+        let adv = vec![true; cpu.capacity()];
+        cpu.run(&adv).unwrap();
+        gpu.run(&adv).unwrap();
+        for r in 0..cpu.capacity() {
+            max = max.max(max_abs_diff(cpu.scores(r), gpu.scores(r)));
+        }
+    }
+    println!("batch growing 16 → {big} mid-stream (graph switch), GPU vs CPU: max abs difference {max:e}");
     assert!(max <= 1e-3, "{max}");
 }
 

@@ -33,7 +33,9 @@ pub fn run(a: InspectArgs) -> Result<ExitCode> {
     // fused-operator variants shipped next to them
     let fused: Vec<_> = graphs
         .iter()
-        .filter_map(|g| mambatag::engine::fused_sibling(g).filter(|f| f.is_file()))
+        .flat_map(|g| ["fused", "layer"].map(|s| mambatag::engine::sibling(g, s)))
+        .flatten()
+        .filter(|f| f.is_file())
         .collect();
     graphs.extend(fused);
     let mut infos = Vec::new();

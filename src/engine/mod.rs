@@ -16,7 +16,7 @@ pub mod slots;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::{IoBinding, RunOptions, Session};
@@ -62,13 +62,17 @@ pub enum Device {
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Kernels {
-    /// The fused graph when the package has one, else the standard graph.
+    /// The fastest graph the package has for the device: on a GPU the layer step graph
+    /// (`step-layer.onnx`), else the fused graphs; the standard graph when there is neither.
     #[default]
     Auto,
     /// Only standard ONNX operators (runs on any ONNX runtime).
     Onnx,
-    /// The fused graph; an error if the package has none.
+    /// The fused graph (`*-fused.onnx`); an error if the package has none.
     Fused,
+    /// The layer step graph (`step-layer.onnx`: one `MambaLayer` op per layer); chunk graphs
+    /// use their fused graph. An error if the package has no layer graph.
+    Layer,
 }
 
 /// CUDA execution provider settings (used with `--features cuda`).
@@ -92,6 +96,10 @@ pub struct EngineOptions {
     /// Touch state rows only through ONNX Runtime copies, as on a GPU (tests run the device
     /// code path on the CPU EP with this).
     pub force_device_row_ops: bool,
+    /// `--kernels auto`: the largest batch that runs the layer step graph before the engine
+    /// switches to the fused one (`None`: [`LAYER_MAX_BATCH`] on a GPU,
+    /// [`LAYER_MAX_BATCH_CPU`] on the CPU).
+    pub layer_max_batch: Option<usize>,
 }
 
 impl Default for EngineOptions {
@@ -102,6 +110,7 @@ impl Default for EngineOptions {
             kernels: Kernels::default(),
             cuda: CudaOptions::default(),
             force_device_row_ops: false,
+            layer_max_batch: None,
         }
     }
 }
@@ -109,9 +118,25 @@ impl Default for EngineOptions {
 /// Frames per call of a chunk graph whose metadata names none.
 pub const DEFAULT_CHUNK_FRAMES: usize = 250;
 
+/// Largest batch that runs the layer step graph on a GPU under `--kernels auto`: above it the
+/// fused step graph (cuBLAS projections) is faster (H200, BENCHMARKS.md: equal at 256 streams,
+/// fused 4 % faster at 1,024 and 24 % at 16,384).
+pub const LAYER_MAX_BATCH: usize = 512;
+/// The same on the CPU: none. The layer op beats ONNX Runtime's MatMuls for one stream (47 vs
+/// 52 µs per step on the 2-core CI machine) and loses from two on (its matrix-vector loops read
+/// the weights once per row), but running it for a lone stream would make that stream's scores
+/// differ (at float rounding) from the same stream's in a batch, which the CPU path keeps
+/// bit-identical. `--kernels layer` runs it anyway.
+pub const LAYER_MAX_BATCH_CPU: usize = 0;
+
 /// A session with its state tensors for `capacity` streams.
 pub struct Engine {
     session: Session,
+    /// `--kernels auto` with the layer step graph: the fused step graph, for batches over
+    /// [`LAYER_MAX_BATCH`] on a GPU or [`LAYER_MAX_BATCH_CPU`] on the CPU (its path until first
+    /// needed, then its session). Both graphs have
+    /// the same inputs, outputs and states (CONTRACT.md §7), so the state buffers carry over.
+    big: Option<BigBatch>,
     info: ModelInfo,
     device: Device,
     /// Hops per call: 1 for the step graph, `T` for the chunk graph.
@@ -135,6 +160,10 @@ pub struct Engine {
     bindings: [IoBinding; 2],
     /// Run options per binding (CUDA graphs need one graph id per binding).
     run_opts: Option<[RunOptions; 2]>,
+    /// CUDA graphs are on.
+    graphs: bool,
+    /// ORT does not synchronise at the end of a run ([`Engine::copies_on_stream`]).
+    no_sync: bool,
     /// Batch allocations so far: each one gets its own pair of CUDA graph ids, since a captured
     /// graph replays the addresses and shapes it was captured with.
     generation: usize,
@@ -145,6 +174,40 @@ pub struct Engine {
     /// exercise the device path on CPU in tests).
     host_rows: bool,
     timings: Timings,
+    /// The sessions' own CUDA stream (declared last: dropped after the sessions).
+    #[cfg(feature = "cuda")]
+    stream: Option<fused::cuda::Stream>,
+}
+
+/// The session that runs a batch of `cap`: on an engine with a second step graph, that graph's
+/// session (loaded on first use) for a batch over its switch point; else `main`.
+fn session_for<'a>(
+    main: &'a Session,
+    big: &'a mut Option<BigBatch>,
+    cap: usize,
+) -> Result<&'a Session> {
+    match big {
+        Some(b) if cap > b.max => {
+            if b.session.is_none() {
+                let rt = crate::runtime::init()?;
+                b.session = Some(build_session(&rt, &b.path, &b.opts, b.stream)?.0);
+                tracing::debug!("batch {cap} > {}: running {}", b.max, b.path.display());
+            }
+            Ok(b.session.as_ref().expect("loaded above"))
+        }
+        _ => Ok(main),
+    }
+}
+
+/// The second step graph of a GPU engine (see [`Engine::big`]).
+struct BigBatch {
+    path: std::path::PathBuf,
+    opts: EngineOptions,
+    /// The engine's compute stream (see [`build_session`]).
+    stream: usize,
+    /// Largest batch the main (layer) graph runs.
+    max: usize,
+    session: Option<Session>,
 }
 
 /// Where the time of [`Engine::run`] goes, summed since the last [`Engine::take_timings`].
@@ -157,6 +220,9 @@ pub struct Timings {
     pub model: Duration,
     /// Scores device → host (CUDA only).
     pub output: Duration,
+    /// The run returned once queued, and `output` includes waiting for it (a GPU step engine
+    /// whose copies go through its own stream).
+    pub overlapped: bool,
 }
 
 impl Engine {
@@ -170,9 +236,53 @@ impl Engine {
         frames_per_call: usize,
     ) -> Result<Self> {
         let rt = crate::runtime::init()?;
-        let graph = graph_for(path, opts.kernels)?;
+        // the layer graph is the fast one on a GPU (a dozen launches per step); on the CPU the
+        // fused graph's ONNX Runtime MatMuls beat the layer op's plain loops at batch > 1
+        let gpu = match opts.device {
+            Device::Cpu => false,
+            Device::Cuda => true,
+            Device::Auto => cfg!(feature = "cuda"),
+        };
+        let default_max = |gpu| {
+            if gpu {
+                LAYER_MAX_BATCH
+            } else {
+                LAYER_MAX_BATCH_CPU
+            }
+        };
+        let layer_max = opts.layer_max_batch.unwrap_or(default_max(gpu));
+        let graph = graph_for(path, opts.kernels, capacity.max(1) <= layer_max)?;
+        // On a GPU the sessions run on a stream of the engine's own, so that the audio upload
+        // can be queued ahead of each run (MAMBATAG_ORT_STREAM=1: ORT's stream, for A/B runs).
+        #[cfg(feature = "cuda")]
+        let stream = (opts.device != Device::Cpu
+            && std::env::var_os("MAMBATAG_ORT_STREAM").is_none())
+        .then(|| fused::cuda::Stream::new(opts.cuda.device_id).ok())
+        .flatten();
+        #[cfg(feature = "cuda")]
+        let stream_ptr = stream.as_ref().map_or(0, |s| s.as_ptr() as usize);
+        #[cfg(not(feature = "cuda"))]
+        let stream_ptr = 0usize;
+        let big = match (opts.kernels, sibling(path, "fused")) {
+            (Kernels::Auto, Some(f)) if f.is_file() && graph.ends_with("step-layer.onnx") => {
+                Some(BigBatch {
+                    path: f,
+                    opts: opts.clone(),
+                    stream: stream_ptr,
+                    max: layer_max,
+                    session: None,
+                })
+            }
+            _ => None,
+        };
         let path = graph.as_path();
-        let (session, device) = build_session(&rt, path, opts)?;
+        let (session, device) = build_session(&rt, path, opts, stream_ptr)?;
+        let mut big = big;
+        if let Some(b) = big.as_mut().filter(|_| device == Device::Cpu) {
+            // `--device auto` without a GPU: the CPU's switch point
+            b.max = opts.layer_max_batch.unwrap_or(default_max(false));
+            b.opts.device = Device::Cpu;
+        }
         let info = ModelInfo::from_session(&session, path)?;
         let frames_per_call = match info.graph {
             GraphKind::Step => 1,
@@ -184,20 +294,18 @@ impl Engine {
         };
         let on_gpu = device == Device::Cuda;
         let allocs = Allocs::new(&session, on_gpu, opts.cuda.device_id)?;
-        let run_opts = if on_gpu && opts.cuda.cuda_graph {
-            Some(graph_run_options(0)?)
-        } else {
-            None
-        };
+        let graphs = on_gpu && opts.cuda.cuda_graph;
         let cap = capacity.max(1);
         // On CUDA, audio and scores live in device tensors bound once, filled and read with
         // `copy_into`. (Binding the host tensors directly and re-binding the audio each call —
         // ORT copying inside the run — measured 12–25 % slower on an H200, and CUDA graphs
         // need fixed device addresses anyway.)
         let mut t = Tensors::alloc(&info, cap, frames_per_call, &allocs)?;
-        let bindings = t.bind(&session, &info)?;
+        let bindings = t.bind(session_for(&session, &mut big, cap)?, &info)?;
         let mut e = Self {
+            bindings,
             session,
+            big,
             info,
             device,
             frames_per_call,
@@ -210,17 +318,36 @@ impl Engine {
             scores: t.scores,
             dev_io: t.dev_io,
             states: t.states,
-            bindings,
-            run_opts,
+            run_opts: None,
+            graphs,
+            no_sync: false,
             generation: 0,
             cur: 0,
             allocs,
             host_rows: !on_gpu && !opts.force_device_row_ops,
             timings: Timings::default(),
+            #[cfg(feature = "cuda")]
+            stream,
         };
         e.pin_host_io();
+        e.no_sync = e.copies_on_stream();
+        e.run_opts = run_options(0, e.graphs, e.no_sync)?;
         e.zero_all()?;
         Ok(e)
+    }
+
+    /// A step engine whose scores download waits for the sessions' stream, so that ORT need
+    /// not synchronise at the end of a run (one wait per step instead of two). Chunk engines
+    /// keep ORT's synchronisation: a few µs per call do not matter there, and their run time
+    /// then stays measurable on its own.
+    fn copies_on_stream(&self) -> bool {
+        #[cfg(feature = "cuda")]
+        if let Some(c) = &self.copier {
+            return self.frames_per_call == 1
+                && c.on_stream()
+                && std::env::var_os("MAMBATAG_RUN_SYNC").is_none();
+        }
+        false
     }
 
     /// On CUDA: page-lock the host audio/scores buffers (see [`fused::cuda::HostPins`]).
@@ -239,7 +366,11 @@ impl Engine {
             tracing::debug!("page-locked {n} of 2 host I/O buffers");
             self.pins = Some(p);
             if self.copier.is_none() && std::env::var_os("MAMBATAG_ORT_COPIES").is_none() {
-                self.copier = fused::cuda::Copier::new(id)
+                let stream = self
+                    .stream
+                    .as_ref()
+                    .map_or(std::ptr::null_mut(), |s| s.as_ptr());
+                self.copier = fused::cuda::Copier::new(id, stream)
                     .map_err(|e| tracing::debug!("driver copies unavailable ({e}); using ORT's"))
                     .ok();
             }
@@ -289,11 +420,17 @@ impl Engine {
         let t0 = Instant::now();
         self.upload()?;
         let t1 = Instant::now();
+        let session = match &mut self.big {
+            Some(BigBatch {
+                session: Some(s),
+                max,
+                ..
+            }) if self.cap > *max => s,
+            _ => &mut self.session,
+        };
         let outputs = match &self.run_opts {
-            Some(o) => self
-                .session
-                .run_binding_with_options(&self.bindings[self.cur], &o[self.cur]),
-            None => self.session.run_binding(&self.bindings[self.cur]),
+            Some(o) => session.run_binding_with_options(&self.bindings[self.cur], &o[self.cur]),
+            None => session.run_binding(&self.bindings[self.cur]),
         }
         .context("model step failed")?;
         drop(outputs);
@@ -301,6 +438,7 @@ impl Engine {
         self.download()?;
         let t3 = Instant::now();
         self.timings.calls += 1;
+        self.timings.overlapped = self.no_sync;
         self.timings.input += t1 - t0;
         self.timings.model += t2 - t1;
         self.timings.output += t3 - t2;
@@ -342,7 +480,10 @@ impl Engine {
         if let Some(c) = &self.copier {
             let bytes = self.audio.shape().num_elements() * 4;
             // SAFETY: `a` is the device twin of `audio` (same shape).
-            return unsafe { c.to_device(a.data_ptr_mut(), self.audio.data_ptr(), bytes) }
+            // step engines queue the upload ahead of the run; chunk engines copy synchronously
+            // (megabytes per call: the run's own time then stays measurable)
+            let queue = self.frames_per_call == 1;
+            return unsafe { c.to_device(a.data_ptr_mut(), self.audio.data_ptr(), bytes, queue) }
                 .context("copying audio to the device");
         }
         self.audio
@@ -450,7 +591,10 @@ impl Engine {
             old.push(self.read_state(self.cur, i)?);
         }
         let mut t = Tensors::alloc(&self.info, capacity, self.frames_per_call, &self.allocs)?;
-        self.bindings = t.bind(&self.session, &self.info)?;
+        self.bindings = t.bind(
+            session_for(&self.session, &mut self.big, capacity)?,
+            &self.info,
+        )?;
         #[cfg(feature = "cuda")]
         {
             self.pins = None; // unlock the old buffers before they are freed
@@ -461,11 +605,12 @@ impl Engine {
         self.states = t.states;
         self.cur = 0;
         self.cap = capacity;
-        if self.run_opts.is_some() {
-            self.generation += 1;
-            self.run_opts = Some(graph_run_options(self.generation)?);
-        }
         self.pin_host_io();
+        if self.graphs {
+            self.generation += 1;
+        }
+        self.no_sync = self.copies_on_stream();
+        self.run_opts = run_options(self.generation, self.graphs, self.no_sync)?;
         self.zero_all()?;
         for (i, o) in old.iter().enumerate() {
             let n = self.info.states[i].elems();
@@ -514,13 +659,25 @@ impl Engine {
 /// Run options that replay CUDA graph `2g` for binding 0 and `2g + 1` for binding 1. ORT
 /// captures a graph the first time an id runs and replays it afterwards with the same device
 /// addresses and shapes, so every new set of tensors (a resize) needs new ids.
-fn graph_run_options(generation: usize) -> Result<[RunOptions; 2]> {
+/// Run options of the two bindings: a CUDA graph id per binding and batch allocation
+/// (`generation`) when `graphs`; `no_sync`: ONNX Runtime does not synchronise the device at the
+/// end of a run (the engine's scores download on the same stream waits for it instead).
+/// `None` when neither applies.
+fn run_options(generation: usize, graphs: bool, no_sync: bool) -> Result<Option<[RunOptions; 2]>> {
+    if !graphs && !no_sync {
+        return Ok(None);
+    }
     let mk = |id: usize| -> Result<RunOptions> {
         let mut r = RunOptions::new()?;
-        r.set("gpu_graph_id", id.to_string())?;
+        if graphs {
+            r.set("gpu_graph_id", id.to_string())?;
+        }
+        if no_sync {
+            r.set("disable_synchronize_execution_providers", "1")?;
+        }
         Ok(r)
     };
-    Ok([mk(2 * generation)?, mk(2 * generation + 1)?])
+    Ok(Some([mk(2 * generation)?, mk(2 * generation + 1)?]))
 }
 
 fn row_shape(dims: &[usize]) -> Vec<i64> {
@@ -669,37 +826,63 @@ impl Tensors {
     }
 }
 
-/// The graph file that runs for `path` (a standard graph such as `step.onnx`) under `kernels`:
-/// its fused sibling (`step-fused.onnx`) when allowed and present.
-pub fn graph_for(path: &Path, kernels: Kernels) -> Result<std::path::PathBuf> {
-    let fused = fused_sibling(path);
-    match (kernels, fused) {
-        (Kernels::Onnx, _) | (Kernels::Auto, None) => Ok(path.to_path_buf()),
-        (Kernels::Auto | Kernels::Fused, Some(f)) if f.is_file() => Ok(f),
-        (Kernels::Auto, Some(_)) => Ok(path.to_path_buf()),
-        (Kernels::Fused, f) => bail!(
-            "{}: --kernels fused, but there is no fused graph {} next to it (export one with \
-             `python3 -m models.export ... --fused`, or use --kernels onnx)",
+/// The graph file that runs for `path` (a standard graph such as `step.onnx`) under `kernels`
+/// on a GPU (`gpu`) or not: its layer sibling (`step-layer.onnx`) or fused sibling
+/// (`step-fused.onnx`) when allowed and present.
+pub fn graph_for(path: &Path, kernels: Kernels, gpu: bool) -> Result<std::path::PathBuf> {
+    let fused = sibling(path, "fused").filter(|f| f.is_file());
+    let layer = sibling(path, "layer").filter(|f| f.is_file());
+    let chunk = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .is_some_and(|s| s.starts_with("chunk"));
+    let missing = |what: &str, suffix: &str| {
+        anyhow!(
+            "{}: --kernels {what}, but there is no {what} graph {} next to it (export one with \
+             `python3 -m models.export`, or use --kernels onnx)",
             path.display(),
-            f.map(|f| f.display().to_string())
+            sibling(path, suffix)
+                .map(|f| f.display().to_string())
                 .unwrap_or_else(|| "(not a .onnx file)".into())
-        ),
+        )
+    };
+    match kernels {
+        Kernels::Onnx => Ok(path.to_path_buf()),
+        Kernels::Auto => Ok(layer
+            .filter(|_| gpu)
+            .or(fused)
+            .unwrap_or_else(|| path.to_path_buf())),
+        Kernels::Fused => fused.ok_or_else(|| missing("fused", "fused")),
+        Kernels::Layer => match (layer, fused) {
+            (Some(l), _) => Ok(l),
+            // there is no layer chunk graph: chunks run their fused graph
+            (None, Some(f)) if chunk => Ok(f),
+            _ => Err(missing("layer", "layer")),
+        },
     }
 }
 
 /// `dir/step.onnx` -> `dir/step-fused.onnx` (`None` if `path` is already fused or not `.onnx`).
 pub fn fused_sibling(path: &Path) -> Option<std::path::PathBuf> {
-    let stem = path.file_stem()?.to_str()?;
-    if path.extension()? != "onnx" || stem.ends_with("-fused") {
-        return None;
-    }
-    Some(path.with_file_name(format!("{stem}-fused.onnx")))
+    sibling(path, "fused")
 }
 
+/// `dir/step.onnx` -> `dir/step-{suffix}.onnx` (`None` if `path` is already a fused or layer
+/// graph, or not `.onnx`).
+pub fn sibling(path: &Path, suffix: &str) -> Option<std::path::PathBuf> {
+    let stem = path.file_stem()?.to_str()?;
+    if path.extension()? != "onnx" || stem.ends_with("-fused") || stem.ends_with("-layer") {
+        return None;
+    }
+    Some(path.with_file_name(format!("{stem}-{suffix}.onnx")))
+}
+
+/// `stream`: on CUDA, the `CUstream` (as an address; 0 = ORT's own) the session computes on.
 fn build_session(
     rt: &crate::runtime::Runtime,
     path: &Path,
     opts: &EngineOptions,
+    stream: usize,
 ) -> Result<(Session, Device)> {
     fn map(e: ort::Error<ort::session::builder::SessionBuilder>) -> ort::Error<()> {
         ort::Error::<()>::from(e)
@@ -713,7 +896,7 @@ fn build_session(
         .map_err(map)?;
     let (builder, device) = match opts.device {
         Device::Cpu => (builder, Device::Cpu),
-        Device::Cuda | Device::Auto => register_cuda(builder, opts, rt)?,
+        Device::Cuda | Device::Auto => register_cuda(builder, opts, rt, stream)?,
     };
     // ONNX Runtime's own profiler (node timings as JSON), for performance work only.
     let builder = match std::env::var_os("MAMBATAG_ORT_PROFILE") {
@@ -741,6 +924,7 @@ fn register_cuda(
     builder: ort::session::builder::SessionBuilder,
     opts: &EngineOptions,
     rt: &crate::runtime::Runtime,
+    stream: usize,
 ) -> Result<(ort::session::builder::SessionBuilder, Device)> {
     use ort::ep;
     let c = &opts.cuda;
@@ -748,6 +932,10 @@ fn register_cuda(
         .with_device_id(c.device_id)
         .with_tf32(c.tf32)
         .with_cuda_graph(c.cuda_graph);
+    if stream != 0 {
+        // SAFETY: a live stream of this device that outlives the session (Engine::stream).
+        cuda = unsafe { cuda.with_compute_stream(stream as *mut ()) };
+    }
     if c.memory_limit > 0 {
         cuda = cuda.with_memory_limit(c.memory_limit);
     }
@@ -771,6 +959,7 @@ fn register_cuda(
     builder: ort::session::builder::SessionBuilder,
     opts: &EngineOptions,
     _rt: &crate::runtime::Runtime,
+    _stream: usize,
 ) -> Result<(ort::session::builder::SessionBuilder, Device)> {
     if opts.device == Device::Auto {
         tracing::info!(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use realfft::num_complex::Complex;
 use realfft::{RealFftPlanner, RealToComplex};
 
-use super::{ConvDims, LogMelDims, SsmDims, HOP, N_FFT, WIN};
+use super::{ConvDims, LayerDims, LogMelDims, SsmDims, HOP, N_FFT, WIN};
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 const LN2_HI: f32 = 0.693_359_4;
@@ -170,6 +170,7 @@ thread_local! {
     static SSM_SCRATCH: RefCell<SsmScratch> = RefCell::new(SsmScratch::default());
     static CONV_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SPEC_SCRATCH: RefCell<SpecScratch> = RefCell::new(SpecScratch::default());
+    static LAYER_SCRATCH: RefCell<LayerScratch> = RefCell::new(LayerScratch::default());
 }
 
 /// Per-row inputs of the SSM op (slices of one batch row).
@@ -462,6 +463,98 @@ pub fn ssm_row(
             return unsafe { ssm_row_avx2(dm, row, wt, h0, out, h, s) };
         }
         ssm_row_impl::<false>(dm, row, wt, h0, out, h, s)
+    })
+}
+
+/// Weights of the whole-layer op (`MambaLayer`).
+pub struct LayerWeights<'a> {
+    pub norm_w: &'a [f32],
+    /// `[D, 2E]`
+    pub in_w: &'a [f32],
+    pub conv: ConvWeights<'a>,
+    /// `[E, R + 2N]`
+    pub x_w: &'a [f32],
+    pub ssm: SsmWeights<'a>,
+    /// `[E, D]`
+    pub out_w: &'a [f32],
+    pub eps: f32,
+}
+
+/// Intermediates of one layer row: u, xc, dbc.
+#[derive(Default)]
+struct LayerScratch {
+    u: Vec<f32>,
+    xc: Vec<f32>,
+    dbc: Vec<f32>,
+}
+
+/// One row of `MambaLayer`'s outputs: `x' [D]`, `conv_state' [K-1, E]`, `h' [N, E]`, and the
+/// intermediates `xz [2E]` (in_proj) and `y [E]` (gated SSM output).
+pub struct LayerOut<'a> {
+    pub x: &'a mut [f32],
+    pub conv: &'a mut [f32],
+    pub h: &'a mut [f32],
+    pub xz: &'a mut [f32],
+    pub y: &'a mut [f32],
+}
+
+/// `out = x @ w` for `w [x.len(), out.len()]` (row-major), summed over `x` in order.
+#[inline(always)]
+fn vecmat(x: &[f32], w: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for (&xi, row) in x.iter().zip(w.chunks_exact(out.len())) {
+        for (o, &wv) in out.iter_mut().zip(row) {
+            *o += xi * wv;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn vecmat_avx2(x: &[f32], w: &[f32], out: &mut [f32]) {
+    vecmat(x, w, out)
+}
+
+fn vecmat_any(x: &[f32], w: &[f32], out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked just above).
+        return unsafe { vecmat_avx2(x, w, out) };
+    }
+    vecmat(x, w, out)
+}
+
+/// One batch row of `MambaLayer`: `x [D]`, `conv0 [K-1, E]`, `h0 [N, E]` -> `out`.
+pub fn layer_row(
+    d: &LayerDims,
+    w: &LayerWeights,
+    x: &[f32],
+    conv0: &[f32],
+    h0: &[f32],
+    out: LayerOut,
+) {
+    LAYER_SCRATCH.with_borrow_mut(|s| {
+        s.u.resize(d.dm, 0.0);
+        s.xc.resize(d.e, 0.0);
+        s.dbc.resize(d.r + 2 * d.n, 0.0);
+        let ss: f32 = x.iter().map(|v| v * v).sum();
+        let inv = 1.0 / (ss / d.dm as f32 + w.eps).sqrt();
+        for ((u, &xv), &nw) in s.u.iter_mut().zip(x).zip(w.norm_w) {
+            *u = xv * inv * nw;
+        }
+        vecmat_any(&s.u, w.in_w, out.xz);
+        conv_row(&d.conv(), out.xz, conv0, &w.conv, &mut s.xc, out.conv);
+        vecmat_any(&s.xc, w.x_w, &mut s.dbc);
+        let row = SsmRow {
+            xc: &s.xc,
+            xz: out.xz,
+            dbc: &s.dbc,
+        };
+        ssm_row(&d.ssm(), &row, &w.ssm, h0, out.y, out.h);
+        vecmat_any(out.y, w.out_w, out.x);
+        for (o, &xv) in out.x.iter_mut().zip(x) {
+            *o += xv;
+        }
     })
 }
 

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ort::operator::{ComputeContext, Kernel};
 use ort::value::DynTensorValueType;
 
-use super::{err, gather, ConvDims, LogMelDims, SsmDims, F32, F64};
+use super::{err, gather, ConvDims, LayerDims, LogMelDims, SsmDims, F32, F64};
 
 const PTX: &str = concat!(include_str!("kernels.ptx"), "\0");
 const THREADS: u32 = 128;
@@ -25,6 +25,7 @@ struct Driver {
     _lib: libloading::Library,
     init: unsafe extern "C" fn(c_uint) -> CuResult,
     device_get: unsafe extern "C" fn(*mut CuDevice, c_int) -> CuResult,
+    device_attribute: unsafe extern "C" fn(*mut c_int, c_int, CuDevice) -> CuResult,
     primary_ctx_retain: unsafe extern "C" fn(*mut CuContext, CuDevice) -> CuResult,
     ctx_get_current: unsafe extern "C" fn(*mut CuContext) -> CuResult,
     ctx_set_current: unsafe extern "C" fn(CuContext) -> CuResult,
@@ -49,6 +50,11 @@ struct Driver {
     memcpy_htod: unsafe extern "C" fn(u64, *const c_void, usize) -> CuResult,
     memcpy_dtoh: unsafe extern "C" fn(*mut c_void, u64, usize) -> CuResult,
     host_unregister: unsafe extern "C" fn(*mut c_void) -> CuResult,
+    stream_create: unsafe extern "C" fn(*mut *mut c_void, c_uint) -> CuResult,
+    stream_destroy: unsafe extern "C" fn(*mut c_void) -> CuResult,
+    memcpy_htod_async: unsafe extern "C" fn(u64, *const c_void, usize, *mut c_void) -> CuResult,
+    memcpy_dtoh_async: unsafe extern "C" fn(*mut c_void, u64, usize, *mut c_void) -> CuResult,
+    stream_sync: unsafe extern "C" fn(*mut c_void) -> CuResult,
 }
 
 // SAFETY: the driver API is thread-safe; the struct only holds function pointers.
@@ -71,6 +77,7 @@ impl Driver {
         Ok(Self {
             init: sym!(b"cuInit"),
             device_get: sym!(b"cuDeviceGet"),
+            device_attribute: sym!(b"cuDeviceGetAttribute"),
             primary_ctx_retain: sym!(b"cuDevicePrimaryCtxRetain"),
             ctx_get_current: sym!(b"cuCtxGetCurrent"),
             ctx_set_current: sym!(b"cuCtxSetCurrent"),
@@ -82,6 +89,11 @@ impl Driver {
             memcpy_htod: sym!(b"cuMemcpyHtoD_v2"),
             memcpy_dtoh: sym!(b"cuMemcpyDtoH_v2"),
             host_unregister: sym!(b"cuMemHostUnregister"),
+            stream_create: sym!(b"cuStreamCreate"),
+            stream_destroy: sym!(b"cuStreamDestroy_v2"),
+            memcpy_htod_async: sym!(b"cuMemcpyHtoDAsync_v2"),
+            memcpy_dtoh_async: sym!(b"cuMemcpyDtoHAsync_v2"),
+            stream_sync: sym!(b"cuStreamSynchronize"),
             _lib: lib,
         })
     }
@@ -112,18 +124,54 @@ fn driver() -> ort::Result<&'static Driver> {
 /// Which fused op a [`CudaKernel`] runs.
 #[derive(Debug, Clone, Copy)]
 pub enum Which {
-    Conv = 0,
-    Ssm = 1,
-    LogMel = 2,
+    Conv,
+    Ssm,
+    LogMel,
+    Layer,
 }
 
-/// The kernels' names in `kernels.cu`, indexed by [`Which`].
-const ENTRY_POINTS: [&std::ffi::CStr; 3] = [c"mamba_conv", c"mamba_ssm", c"mamba_logmel"];
+/// The kernels of `kernels.cu`, in [`ENTRY_POINTS`] order.
+#[derive(Debug, Clone, Copy)]
+enum Entry {
+    Conv,
+    Ssm,
+    LogMel,
+    /// `MambaLayer`'s three launches, with 1 or more rows per block.
+    In1,
+    In8,
+    Mix1,
+    Mix4,
+    Out1,
+    Out8,
+}
+
+const ENTRY_POINTS: [&std::ffi::CStr; 9] = [
+    c"mamba_conv",
+    c"mamba_ssm",
+    c"mamba_logmel",
+    c"layer_in1",
+    c"layer_in8",
+    c"layer_mix1",
+    c"layer_mix4",
+    c"layer_out1",
+    c"layer_out8",
+];
+
+/// Threads per block of the layer kernels, and their column tiles (`IN_COLS`, `OUT_COLS`).
+const LAYER_THREADS: u32 = 256;
+const IN_COLS: usize = 64;
+const OUT_COLS: usize = 32;
+/// Dynamic shared memory a block may use without opting in.
+const SHARED_LIMIT: usize = 48 * 1024;
+/// CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+const ATTR_SM_COUNT: c_int = 16;
 
 /// The loaded PTX module of one device: its context and the kernels, indexed by [`Which`].
 struct Module {
     ctx: CuContext,
-    functions: [CuFunction; 3],
+    functions: [CuFunction; 9],
+    /// Streaming multiprocessors of the device.
+    sms: usize,
 }
 
 // SAFETY: driver handles may be used from any thread.
@@ -157,14 +205,23 @@ fn module(device_id: i32) -> ort::Result<Arc<Module>> {
             (d.module_load_data)(&mut module, PTX.as_ptr().cast()),
             "cuModuleLoadData (fused Mamba kernels)",
         )?;
-        let mut functions = [std::ptr::null_mut(); 3];
+        let mut sms: c_int = 0;
+        d.check(
+            (d.device_attribute)(&mut sms, ATTR_SM_COUNT, dev),
+            "cuDeviceGetAttribute",
+        )?;
+        let mut functions = [std::ptr::null_mut(); 9];
         for (f, name) in functions.iter_mut().zip(ENTRY_POINTS) {
             d.check(
                 (d.module_get_function)(f, module, name.as_ptr()),
                 &format!("cuModuleGetFunction {}", name.to_string_lossy()),
             )?;
         }
-        Arc::new(Module { ctx, functions })
+        Arc::new(Module {
+            ctx,
+            functions,
+            sms: sms.max(1) as usize,
+        })
     };
     map.insert(device_id, m.clone());
     Ok(m)
@@ -182,14 +239,96 @@ fn enter(d: &Driver, m: &Module) -> ort::Result<()> {
     Ok(())
 }
 
-/// Launches `which` on the op's stream: grid `(x, batch)`, `threads` per block, `shared` bytes
+/// Launches the three kernels of `MambaLayer` (see kernels.cu): one row per block while the
+/// batch fits the SMs (lowest latency), else 8 rows per block for the projections and 4 for the
+/// conv + SSM part (the weights are then read once per block of rows). `p`: the op's 14 input
+/// pointers, then its 5 outputs (x', conv', h', xz, y).
+fn launch_layer(
+    ctx: &ComputeContext,
+    m: &Module,
+    d: &LayerDims,
+    p: &[*mut c_void],
+) -> ort::Result<()> {
+    let w = d.r + 2 * d.n;
+    if d.k > 8 || d.n > 16 || d.r > 32 || w > LAYER_THREADS as usize {
+        return Err(err(format!(
+            "MambaLayer (CUDA): d_conv {} > 8, d_state {} > 16, dt_rank {} > 32 or x_proj width \
+             {w} > {LAYER_THREADS} (use the step-fused graph: --kernels fused)",
+            d.k, d.n, d.r
+        )));
+    }
+    let small = d.b <= m.sms;
+    let (rb_p, rb_m) = if small { (1, 1) } else { (8, 4) };
+    let (fin, fmix, fout) = if small {
+        (Entry::In1, Entry::Mix1, Entry::Out1)
+    } else {
+        (Entry::In8, Entry::Mix4, Entry::Out8)
+    };
+    let t = LAYER_THREADS;
+    let mix_shared = 4 * (rb_m * (d.e + w) + t as usize * rb_m);
+    if mix_shared > SHARED_LIMIT || 4 * rb_p * d.e.max(d.dm) > SHARED_LIMIT {
+        return Err(err(format!(
+            "MambaLayer (CUDA): d_model {} / d_inner {} need more than {SHARED_LIMIT} bytes of \
+             shared memory per block (use the step-fused graph: --kernels fused)",
+            d.dm, d.e
+        )));
+    }
+    let rows_p = d.b.div_ceil(rb_p);
+    let q = |i: usize| p[i];
+    launch(
+        ctx,
+        m,
+        fin,
+        ((2 * d.e).div_ceil(IN_COLS), rows_p),
+        t,
+        4 * rb_p * d.dm,
+        vec![q(0), q(3), q(4), q(13), q(17)],
+        &[d.b, d.dm, 2 * d.e],
+    )?;
+    launch(
+        ctx,
+        m,
+        fmix,
+        (d.b.div_ceil(rb_m), 1),
+        t,
+        mix_shared,
+        vec![
+            q(17),
+            q(1),
+            q(2),
+            q(5),
+            q(6),
+            q(7),
+            q(8),
+            q(9),
+            q(10),
+            q(11),
+            q(18),
+            q(15),
+            q(16),
+        ],
+        &[d.b, d.e, d.n, d.r, d.k],
+    )?;
+    launch(
+        ctx,
+        m,
+        fout,
+        (d.dm.div_ceil(OUT_COLS), rows_p),
+        t,
+        4 * rb_p * d.e,
+        vec![q(0), q(18), q(12), q(14)],
+        &[d.b, d.dm, d.e],
+    )
+}
+
+/// Launches `entry` on the op's stream: grid `(x, y)`, `threads` per block, `shared` bytes
 /// of dynamic shared memory; the kernel's parameters are the device pointers `ptrs`, then the
 /// sizes `ints` (as C ints).
 #[allow(clippy::too_many_arguments)]
 fn launch(
     ctx: &ComputeContext,
     m: &Module,
-    which: Which,
+    entry: Entry,
     grid: (usize, usize),
     threads: u32,
     shared: usize,
@@ -200,7 +339,7 @@ fn launch(
         return Ok(());
     }
     if grid.1 > 65_535 {
-        let name = ENTRY_POINTS[which as usize].to_string_lossy();
+        let name = ENTRY_POINTS[entry as usize].to_string_lossy();
         return Err(err(format!("{name} (CUDA): batch {} > 65535", grid.1)));
     }
     let mut ints: Vec<c_int> = ints.iter().map(|&n| n as c_int).collect();
@@ -215,7 +354,7 @@ fn launch(
     // SAFETY: `args` points at live locals with the kernel's parameter types (pointers, ints).
     let rc = unsafe {
         (d.launch)(
-            m.functions[which as usize],
+            m.functions[entry as usize],
             grid.0 as c_uint,
             grid.1 as c_uint,
             1,
@@ -280,7 +419,7 @@ impl Kernel for CudaKernel {
                 }
                 let p = pointers(ctx, ins, &[d.out(), d.state()])?;
                 let grid = (d.e.div_ceil(THREADS as usize), d.b);
-                launch(ctx, m, Which::Conv, grid, THREADS, 0, p, &[d.t, d.e, d.k])
+                launch(ctx, m, Entry::Conv, grid, THREADS, 0, p, &[d.t, d.e, d.k])
             }
             Which::Ssm => {
                 let (ins, shapes) = gather(ctx, "MambaSsm", [F32; 8])?;
@@ -295,7 +434,7 @@ impl Kernel for CudaKernel {
                 let grid = (dm.e.div_ceil(THREADS as usize), dm.b);
                 let shared = (dm.r + 2 * dm.n) * 4;
                 let sizes = [dm.t, dm.e, dm.n, dm.r];
-                launch(ctx, m, Which::Ssm, grid, THREADS, shared, p, &sizes)
+                launch(ctx, m, Entry::Ssm, grid, THREADS, shared, p, &sizes)
             }
             Which::LogMel => {
                 let (ins, shapes) = gather(ctx, "MambaLogMel", [F32, F64])?;
@@ -304,17 +443,26 @@ impl Kernel for CudaKernel {
                     return Err(err(format!("MambaLogMel (CUDA): {} mel bands > 256", d.m)));
                 }
                 let p = pointers(ctx, ins, &[d.out()])?;
-                // one block of 256 threads per frame: the FFT does 256 butterflies per stage
+                // one block of 256 threads per frame and band group (the FFT does 256
+                // butterflies per stage); 8 band groups when there are fewer frames than SMs,
+                // so that several SMs share the filterbank reads
+                let groups = if d.b * d.t < m.sms { 8.min(d.m) } else { 1 };
                 launch(
                     ctx,
                     m,
-                    Which::LogMel,
-                    (d.t, d.b),
+                    Entry::LogMel,
+                    (d.t * groups, d.b),
                     256,
                     0,
                     p,
-                    &[d.t, d.s, d.m],
+                    &[d.t, d.s, d.m, groups],
                 )
+            }
+            Which::Layer => {
+                let (ins, shapes) = gather(ctx, "MambaLayer", [F32; 14])?;
+                let d = LayerDims::check(&shapes)?;
+                let p = pointers(ctx, ins, &d.outputs())?;
+                launch_layer(ctx, m, &d, &p)
             }
         }
     }
@@ -374,12 +522,20 @@ impl Drop for HostPins {
 /// stream when a run returns), so ordering with the model's kernels is by program order.
 pub struct Copier {
     module: Arc<Module>,
+    /// The sessions' compute stream ([`Stream`]), if they run on one: uploads are then queued
+    /// on it, ahead of the run, without waiting.
+    stream: *mut c_void,
 }
 
+// SAFETY: driver handles may be used from any thread.
+unsafe impl Send for Copier {}
+
 impl Copier {
-    pub fn new(device_id: i32) -> ort::Result<Self> {
+    /// `stream`: the sessions' compute stream ([`Stream::as_ptr`]) or null.
+    pub fn new(device_id: i32, stream: *mut c_void) -> ort::Result<Self> {
         Ok(Self {
             module: module(device_id)?,
+            stream,
         })
     }
 
@@ -387,21 +543,37 @@ impl Copier {
     ///
     /// # Safety
     /// `src` must be readable and `dst` a device allocation writable for `bytes` bytes.
+    /// `queue`: queue the copy on the sessions' stream (if any) without waiting for it.
     pub unsafe fn to_device(
         &self,
         dst: *mut c_void,
         src: *const c_void,
         bytes: usize,
+        queue: bool,
     ) -> ort::Result<()> {
         let d = driver()?;
         enter(d, &self.module)?;
+        if queue && !self.stream.is_null() {
+            // ordered before the next run on the same stream; `src` stays untouched until the
+            // run (which synchronises the stream) has returned
+            return d.check(
+                unsafe { (d.memcpy_htod_async)(dst as u64, src, bytes, self.stream) },
+                "cuMemcpyHtoDAsync",
+            );
+        }
         d.check(
             unsafe { (d.memcpy_htod)(dst as u64, src, bytes) },
             "cuMemcpyHtoD",
         )
     }
 
-    /// `bytes` from device `src` to host `dst`.
+    /// Whether copies go through the sessions' stream: the engine then skips ONNX Runtime's
+    /// end-of-run synchronisation and [`Copier::to_host`] waits for the stream instead.
+    pub fn on_stream(&self) -> bool {
+        !self.stream.is_null()
+    }
+
+    /// `bytes` from device `src` to host `dst` (after everything queued on the stream).
     ///
     /// # Safety
     /// `src` must be a device allocation readable and `dst` writable for `bytes` bytes.
@@ -413,9 +585,59 @@ impl Copier {
     ) -> ort::Result<()> {
         let d = driver()?;
         enter(d, &self.module)?;
+        if !self.stream.is_null() {
+            d.check(
+                unsafe { (d.memcpy_dtoh_async)(dst, src as u64, bytes, self.stream) },
+                "cuMemcpyDtoHAsync",
+            )?;
+            return d.check(
+                unsafe { (d.stream_sync)(self.stream) },
+                "cuStreamSynchronize",
+            );
+        }
         d.check(
             unsafe { (d.memcpy_dtoh)(dst, src as u64, bytes) },
             "cuMemcpyDtoH",
         )
+    }
+}
+
+/// A CUDA stream of its own for one engine's sessions (ONNX Runtime's `user_compute_stream`), so
+/// that the per-step audio upload can be queued on the stream the model runs on instead of a
+/// synchronous copy. Destroyed on drop: drop it after the sessions that use it.
+pub struct Stream {
+    module: Arc<Module>,
+    raw: *mut c_void,
+}
+
+// SAFETY: driver handles may be used from any thread.
+unsafe impl Send for Stream {}
+unsafe impl Sync for Stream {}
+
+impl Stream {
+    pub fn new(device_id: i32) -> ort::Result<Self> {
+        let m = module(device_id)?;
+        let d = driver()?;
+        enter(d, &m)?;
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: valid out-pointer; flags 0 = a blocking stream (ordered with the legacy default
+        // stream that synchronous copies use)
+        d.check(unsafe { (d.stream_create)(&mut raw, 0) }, "cuStreamCreate")?;
+        Ok(Self { module: m, raw })
+    }
+
+    pub fn as_ptr(&self) -> *mut c_void {
+        self.raw
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        if let Ok(d) = driver() {
+            if enter(d, &self.module).is_ok() {
+                // SAFETY: created in `new`; its users (the sessions) are gone.
+                unsafe { (d.stream_destroy)(self.raw) };
+            }
+        }
     }
 }

@@ -133,14 +133,23 @@ extern "C" __global__ void mamba_ssm(const float* __restrict__ xc, const float* 
 //   audio [B, S] with S = 240 + T * 160 (the carried history, then the new hops)
 //   mel   [257, M] float64 mel filterbank (M <= 256)
 //   out   [B, T, M] float32: ln(mel^T |DFT512(hann400 * frame_t)|^2 + 1e-6)
-// frame t = audio[b, t*160 : t*160 + 400]. One block of 256 threads per (t, b): the frame is
-// windowed into shared memory in bit-reversed order and transformed by a radix-2 complex FFT.
-// grid (T, B), block 256
+// frame t = audio[b, t*160 : t*160 + 400]. One block of 256 threads per (t, g, b): the frame is
+// windowed into shared memory in bit-reversed order and transformed by a radix-2 complex FFT
+// (twiddles from a table made once per block); block g then computes bands [g*mb, (g+1)*mb) of
+// the M, mb = ceil(M / G). The host picks G > 1 when there are few frames, so that the
+// filterbank (257 x M doubles) is read by several SMs at once. Each band sums its bins in
+// MEL_PARTS fixed ranges, added in order, so the result does not depend on G.
+// grid (T * G, B), block 256
+#define MEL_PARTS 8
+#define MEL_BINS 33  // MEL_PARTS * MEL_BINS >= 257
 extern "C" __global__ void mamba_logmel(const float* __restrict__ audio, const double* __restrict__ mel,
-                                        float* __restrict__ out, int T, int S, int M) {
+                                        float* __restrict__ out, int T, int S, int M, int G) {
     __shared__ double re[512];
     __shared__ double im[512];
-    const int t = blockIdx.x;
+    __shared__ double tc[256];
+    __shared__ double ts[256];
+    __shared__ double part[MEL_PARTS][256];
+    const int t = blockIdx.x / G, g = blockIdx.x % G;
     const long b = blockIdx.y;
     const float* x = audio + b * S + (long)t * 160;
     for (int n = threadIdx.x; n < 512; n += blockDim.x) {
@@ -150,14 +159,15 @@ extern "C" __global__ void mamba_logmel(const float* __restrict__ audio, const d
         re[r] = v;
         im[r] = 0.0;
     }
+    // exp(-2 pi i k / 512) = exp(-pi i k / 256), k < 256
+    for (int k = threadIdx.x; k < 256; k += blockDim.x) sincospi(-(double)k / 256.0, &ts[k], &tc[k]);
     __syncthreads();
-    for (int half = 1; half < 512; half <<= 1) {
+    for (int half = 1, step = 256; half < 512; half <<= 1, step >>= 1) {
         const int i = threadIdx.x;  // one butterfly per thread: 256 per stage
         const int j = i % half;
         const int a = (i / half) * 2 * half + j;
         const int c = a + half;
-        double s, co;
-        sincospi(-(double)j / (double)half, &s, &co);
+        const double s = ts[j * step], co = tc[j * step];  // exp(-pi i j / half)
         const double tr = re[c] * co - im[c] * s;
         const double ti = re[c] * s + im[c] * co;
         const double ar = re[a], ai = im[a];
@@ -171,9 +181,285 @@ extern "C" __global__ void mamba_logmel(const float* __restrict__ audio, const d
     // power spectrum of bins 0..256 into re[]
     for (int k = threadIdx.x; k < 257; k += blockDim.x) re[k] = re[k] * re[k] + im[k] * im[k];
     __syncthreads();
-    for (int m = threadIdx.x; m < M; m += blockDim.x) {
+    const int mb = (M + G - 1) / G, m0 = g * mb, m1 = min(M, m0 + mb);
+    // item (q, m): bins [MEL_BINS q, MEL_BINS (q + 1)) of band m0 + m, all loads in flight at once
+    for (int k = threadIdx.x; k < MEL_PARTS * mb; k += blockDim.x) {
+        const int q = k / mb, m = m0 + k % mb;
+        if (m < m1) {
+            double w[MEL_BINS];
+#pragma unroll
+            for (int u = 0; u < MEL_BINS; u++) {
+                const int kk = MEL_BINS * q + u;
+                w[u] = (kk < 257) ? mel[kk * M + m] : 0.0;
+            }
+            double acc = 0.0;
+#pragma unroll
+            for (int u = 0; u < MEL_BINS; u++) {
+                const int kk = MEL_BINS * q + u;
+                if (kk < 257) acc += re[kk] * w[u];
+            }
+            part[q][m - m0] = acc;
+        }
+    }
+    __syncthreads();
+    for (int m = m0 + threadIdx.x; m < m1; m += blockDim.x) {
+        const int i = m - m0;
         double acc = 0.0;
-        for (int k = 0; k < 257; k++) acc += re[k] * mel[k * M + m];
+#pragma unroll
+        for (int q = 0; q < MEL_PARTS; q++) acc += part[q][i];
         out[(b * T + t) * M + m] = (float)log(acc + 1e-6);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// One whole residual Mamba block for one hop (`MambaLayer`, the layer step graph
+// `step-layer.onnx`), as three launches:
+//   layer_in:  u = RMSNorm(x) * norm_w;  xz = u @ in_w                 [B, 2E]
+//   layer_mix: xc = SiLU(causal conv(xz[:, :E]) + conv_b)  (conv state [K-1, E])
+//              dbc = xc @ x_w;  y = MambaSsm(xc, z = xz[:, E:], dbc, ...)   [B, E]
+//   layer_out: x' = x + y @ out_w                                      [B, D]
+// (xz and y are outputs of the op, so ONNX Runtime owns that memory.) The projections are
+// spread over many blocks (column tiles), so at batch 1 the weights are read by many SMs at
+// once instead of one. Each kernel takes RB rows per block: RB = 1 while the batch fits the
+// SMs (lowest latency), more for large batches (the weights are read once per RB rows). A row's
+// arithmetic and rounding are the same whatever RB is, so a stream's scores do not depend on
+// the batch it is in.
+
+#define UNROLL 16
+#define IN_COLS 64   // layer_in: 256 threads = 64 columns x 4 input splits
+#define OUT_COLS 32  // layer_out: 256 threads = 32 columns x 8 input splits
+
+// Column tile of a row-block matrix product: thread (s, c) sums in[r][i] * W[i][j0 + c] over
+// its split of i (UNROLL weights loaded at a time) for the RB rows; part[s][r][c].
+template <int RB>
+__device__ __forceinline__ void tile_partial(const float* in, int is, const float* __restrict__ W,
+                                             int nin, int nc, int j, int s, int splits,
+                                             float* part, int cols, int c) {
+    const int per = (nin + splits - 1) / splits;
+    float acc[RB];
+#pragma unroll
+    for (int r = 0; r < RB; r++) acc[r] = 0.0f;
+    if (j < nc) {
+        const int i1 = min(nin, (s + 1) * per);
+        // UNROLL loads in flight, then their multiply-adds in order
+        int i = s * per;
+        for (; i + UNROLL <= i1; i += UNROLL) {
+            float w[UNROLL];
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) w[u] = W[(long)(i + u) * nc + j];
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+#pragma unroll
+                for (int r = 0; r < RB; r++) acc[r] += in[r * is + i + u] * w[u];
+            }
+        }
+        if (i < i1) {  // the tail the same way (a plain loop would wait for each load in turn)
+            float w[UNROLL];
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) w[u] = (i + u < i1) ? W[(long)(i + u) * nc + j] : 0.0f;
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                if (i + u < i1) {
+#pragma unroll
+                    for (int r = 0; r < RB; r++) acc[r] += in[r * is + i + u] * w[u];
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < RB; r++) part[(s * RB + r) * cols + c] = acc[r];
+}
+
+// grid (ceil(2E / IN_COLS), ceil(B / RB)), block 256, dynamic shared RB * D floats
+template <int RB>
+__device__ __forceinline__ void layer_in_rows(const float* __restrict__ x, const float* __restrict__ norm_w,
+                                              const float* __restrict__ in_w, const float* __restrict__ eps_p,
+                                              float* __restrict__ xz, int B, int Dm, int E2) {
+    extern __shared__ float u[];  // [RB][Dm]
+    __shared__ float part[4 * RB * IN_COLS];
+    const long b0 = (long)blockIdx.y * RB;
+    const int rows = (int)min((long)RB, B - b0);
+    const float eps = *eps_p;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    for (int r = warp; r < RB; r += warps) {
+        if (r < rows) {
+            const float* xr = x + (b0 + r) * Dm;
+            float ss = 0.0f;
+            for (int i = lane; i < Dm; i += 32) ss += xr[i] * xr[i];
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+            const float inv = 1.0f / sqrtf(ss / (float)Dm + eps);
+            for (int i = lane; i < Dm; i += 32) u[r * Dm + i] = xr[i] * inv * norm_w[i];
+        } else {
+            for (int i = lane; i < Dm; i += 32) u[r * Dm + i] = 0.0f;
+        }
+    }
+    __syncthreads();
+    const int c = threadIdx.x % IN_COLS, s = threadIdx.x / IN_COLS;
+    const int j0 = blockIdx.x * IN_COLS;
+    tile_partial<RB>(u, Dm, in_w, Dm, E2, j0 + c, s, 4, part, IN_COLS, c);
+    __syncthreads();
+    for (int k = threadIdx.x; k < rows * IN_COLS; k += blockDim.x) {
+        const int r = k / IN_COLS, cc = k % IN_COLS, j = j0 + cc;
+        if (j < E2) {
+            const float* p = part + r * IN_COLS + cc;
+            const int st = RB * IN_COLS;
+            xz[(b0 + r) * E2 + j] = ((p[0] + p[st]) + p[2 * st]) + p[3 * st];
+        }
+    }
+}
+
+// grid (ceil(D / OUT_COLS), ceil(B / RB)), block 256, dynamic shared RB * E floats
+template <int RB>
+__device__ __forceinline__ void layer_out_rows(const float* __restrict__ x, const float* __restrict__ y,
+                                               const float* __restrict__ out_w, float* __restrict__ x_out,
+                                               int B, int Dm, int E) {
+    extern __shared__ float ys[];  // [RB][E]
+    __shared__ float part[8 * RB * OUT_COLS];
+    const long b0 = (long)blockIdx.y * RB;
+    const int rows = (int)min((long)RB, B - b0);
+    for (int k = threadIdx.x; k < RB * E; k += blockDim.x)
+        ys[k] = (k / E < rows) ? y[b0 * E + k] : 0.0f;
+    __syncthreads();
+    const int c = threadIdx.x % OUT_COLS, s = threadIdx.x / OUT_COLS;
+    const int j0 = blockIdx.x * OUT_COLS;
+    tile_partial<RB>(ys, E, out_w, E, Dm, j0 + c, s, 8, part, OUT_COLS, c);
+    __syncthreads();
+    for (int k = threadIdx.x; k < rows * OUT_COLS; k += blockDim.x) {
+        const int r = k / OUT_COLS, cc = k % OUT_COLS, j = j0 + cc;
+        if (j < Dm) {
+            const float* p = part + r * OUT_COLS + cc;
+            const int st = RB * OUT_COLS;
+            float v = 0.0f;
+#pragma unroll
+            for (int q = 0; q < 8; q++) v += p[q * st];
+            const long o = (b0 + r) * Dm + j;
+            x_out[o] = x[o] + v;
+        }
+    }
+}
+
+// x_proj of RB rows inside one block: dbc[r][j] = sum_i xc[r][i] * W[i][j] (j < nc <= 256),
+// the input axis split S = blockDim / nc ways, partial sums added in order.
+template <int RB>
+__device__ __forceinline__ void block_xproj(const float* xc, int E, const float* __restrict__ W, int nc,
+                                            float* dbc, int rows, float* scratch) {
+    const int S = blockDim.x / nc;
+    const int s = threadIdx.x / nc, c = threadIdx.x % nc;
+    if (s < S) tile_partial<RB>(xc, E, W, E, nc, c, s, S, scratch, nc, c);
+    __syncthreads();
+    for (int k = threadIdx.x; k < rows * nc; k += blockDim.x) {
+        const int r = k / nc, cc = k % nc;
+        float v = 0.0f;
+        for (int q = 0; q < S; q++) v += scratch[(q * RB + r) * nc + cc];
+        dbc[r * nc + cc] = v;
+    }
+    __syncthreads();
+}
+
+// grid (ceil(B / RB)), block 256, dynamic shared RB * (E + R + 2N) + 256 * RB floats
+template <int RB>
+__device__ __forceinline__ void layer_mix_rows(
+    const float* __restrict__ xz, const float* __restrict__ conv0, const float* __restrict__ h0,
+    const float* __restrict__ conv_w, const float* __restrict__ conv_b, const float* __restrict__ x_w,
+    const float* __restrict__ dt_w, const float* __restrict__ dt_b, const float* __restrict__ A,
+    const float* __restrict__ Dskip, float* __restrict__ y_out, float* __restrict__ conv1,
+    float* __restrict__ h1, int B, int E, int N, int R, int K) {
+    extern __shared__ float sh[];
+    const int W = R + 2 * N;
+    const long b0 = (long)blockIdx.x * RB;
+    const int rows = (int)min((long)RB, B - b0);
+    float* xc = sh;               // [RB][E]
+    float* dbc = xc + RB * E;     // [RB][W]
+    float* scratch = dbc + RB * W;  // [blockDim * RB]
+    for (int k = threadIdx.x; k < RB * E; k += blockDim.x) {
+        const int r = k / E, e = k % E;
+        if (r >= rows) {
+            xc[k] = 0.0f;
+            continue;
+        }
+        const long b = b0 + r;
+        float win[MAX_K - 1], wk[MAX_K - 1];
+#pragma unroll
+        for (int j = 0; j < MAX_K - 1; j++) {
+            win[j] = (j < K - 1) ? conv0[(b * (K - 1) + j) * E + e] : 0.0f;
+            wk[j] = (j < K - 1) ? conv_w[j * E + e] : 0.0f;
+        }
+        const float xv = xz[b * 2 * E + e];
+        float acc = 0.0f;
+#pragma unroll
+        for (int j = 0; j < MAX_K - 1; j++) {
+            if (j < K - 1) {
+                acc += wk[j] * win[j];
+                if (j > 0) conv1[(b * (K - 1) + j - 1) * E + e] = win[j];
+            }
+        }
+        acc += conv_w[(K - 1) * E + e] * xv;
+        acc += conv_b[e];
+        if (K > 1) conv1[(b * (K - 1) + K - 2) * E + e] = xv;
+        xc[k] = acc * sigmoidf_(acc);
+    }
+    __syncthreads();
+    block_xproj<RB>(xc, E, x_w, W, dbc, rows, scratch);
+    for (int k = threadIdx.x; k < rows * E; k += blockDim.x) {
+        const int r = k / E, e = k % E;
+        const long b = b0 + r;
+        const float* row = dbc + r * W;
+        float dw[MAX_R], a[MAX_N], hv[MAX_N];
+#pragma unroll
+        for (int q = 0; q < MAX_R; q++) dw[q] = (q < R) ? dt_w[q * E + e] : 0.0f;
+#pragma unroll
+        for (int n = 0; n < MAX_N; n++) {
+            a[n] = (n < N) ? A[n * E + e] : 0.0f;
+            hv[n] = (n < N) ? h0[(b * N + n) * E + e] : 0.0f;
+        }
+        float s = 0.0f;
+#pragma unroll
+        for (int q = 0; q < MAX_R; q++) {
+            if (q < R) s += row[q] * dw[q];
+        }
+        s += dt_b[e];
+        const float dt = fmaxf(s, 0.0f) + logf(1.0f + expf(-fabsf(s)));
+        const float xv = xc[r * E + e];
+        const float dtx = dt * xv;
+        float y = 0.0f;
+#pragma unroll
+        for (int n = 0; n < MAX_N; n++) {
+            if (n < N) {
+                const float h = expf(dt * a[n]) * hv[n] + row[R + n] * dtx;
+                h1[(b * N + n) * E + e] = h;
+                y += row[R + N + n] * h;
+            }
+        }
+        const float z = xz[b * 2 * E + E + e];
+        y_out[b * E + e] = (y + xv * Dskip[e]) * (z * sigmoidf_(z));
+    }
+}
+
+extern "C" __global__ void layer_in1(const float* x, const float* norm_w, const float* in_w, const float* eps_p,
+                                     float* xz, int B, int Dm, int E2) {
+    layer_in_rows<1>(x, norm_w, in_w, eps_p, xz, B, Dm, E2);
+}
+extern "C" __global__ void layer_in8(const float* x, const float* norm_w, const float* in_w, const float* eps_p,
+                                     float* xz, int B, int Dm, int E2) {
+    layer_in_rows<8>(x, norm_w, in_w, eps_p, xz, B, Dm, E2);
+}
+extern "C" __global__ void layer_out1(const float* x, const float* y, const float* out_w, float* x_out,
+                                      int B, int Dm, int E) {
+    layer_out_rows<1>(x, y, out_w, x_out, B, Dm, E);
+}
+extern "C" __global__ void layer_out8(const float* x, const float* y, const float* out_w, float* x_out,
+                                      int B, int Dm, int E) {
+    layer_out_rows<8>(x, y, out_w, x_out, B, Dm, E);
+}
+#define MIX_ENTRY(NAME, RB)                                                                       \
+    extern "C" __global__ void NAME(const float* xz, const float* conv0, const float* h0,         \
+                                    const float* conv_w, const float* conv_b, const float* x_w,   \
+                                    const float* dt_w, const float* dt_b, const float* A,         \
+                                    const float* Dskip, float* y_out, float* conv1, float* h1,    \
+                                    int B, int E, int N, int R, int K) {                          \
+        layer_mix_rows<RB>(xz, conv0, h0, conv_w, conv_b, x_w, dt_w, dt_b, A, Dskip, y_out,       \
+                           conv1, h1, B, E, N, R, K);                                             \
+    }
+MIX_ENTRY(layer_mix1, 1)
+MIX_ENTRY(layer_mix4, 4)

@@ -15,8 +15,14 @@
 //!   400 samples every 160 from `audio [B, 240 + 160·T]` (history first), periodic Hann
 //!   window, 512-point power spectrum, `mel [257, M]` filterbank, `ln(· + 1e-6)`, in float64.
 //!
-//! `T` is taken from the inputs, so the same ops serve the step graph (`T = 1`) and the
-//! chunk graph. Each has a CPU kernel (Rust, [`cpu`]) and, with `--features cuda`, a CUDA
+//! * `MambaLayer(x, conv_state, h, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w,
+//!   eps) -> (x', conv_state', h')`: a whole residual block for one hop (`x [B, D]`): RMSNorm,
+//!   in_proj, the conv, x_proj, the SSM update and gate, out_proj and the residual add. The
+//!   layer step graph (`step-layer.onnx`) is one of these per layer, so a step on the GPU is
+//!   about a dozen kernel launches instead of ~38.
+//!
+//! `T` is taken from the inputs, so the conv, SSM and log-mel ops serve the step graph
+//! (`T = 1`) and the chunk graph. Each has a CPU kernel (Rust, [`cpu`]) and, with `--features cuda`, a CUDA
 //! kernel (`kernels.cu`, loaded as PTX through the driver API, [`cuda`]); both walk the hops
 //! with the state in registers/cache, reading and writing it once per call.
 
@@ -80,13 +86,15 @@ pub fn domain(cuda_device: Option<i32>) -> ort::Result<OperatorDomain> {
     let d = OperatorDomain::new(DOMAIN)?
         .add(ConvOp(Ep::Cpu))?
         .add(SsmOp(Ep::Cpu))?
-        .add(LogMelOp(Ep::Cpu))?;
+        .add(LogMelOp(Ep::Cpu))?
+        .add(LayerOp(Ep::Cpu))?;
     #[cfg(feature = "cuda")]
     if let Some(id) = cuda_device {
         return d
             .add(ConvOp(Ep::Cuda(id)))?
             .add(SsmOp(Ep::Cuda(id)))?
-            .add(LogMelOp(Ep::Cuda(id)));
+            .add(LogMelOp(Ep::Cuda(id)))?
+            .add(LayerOp(Ep::Cuda(id)));
     }
     let _ = cuda_device;
     Ok(d)
@@ -591,6 +599,219 @@ impl Kernel for SsmCpu {
             };
             let h0 = &sl[7][i * rh..(i + 1) * rh];
             cpu::ssm_row(&dm, &r, &wt, h0, y_r, h_r);
+        })
+    }
+}
+
+/// Sizes of one `MambaLayer` call.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerDims {
+    pub b: usize,
+    /// d_model.
+    pub dm: usize,
+    /// d_inner.
+    pub e: usize,
+    pub n: usize,
+    pub r: usize,
+    pub k: usize,
+}
+
+/// `MambaLayer`'s inputs, in order.
+pub const LAYER_INPUTS: [&str; 14] = [
+    "x",
+    "conv_state",
+    "h",
+    "norm_w",
+    "in_w",
+    "conv_w",
+    "conv_b",
+    "x_w",
+    "dt_w",
+    "dt_b",
+    "A",
+    "D",
+    "out_w",
+    "eps",
+];
+
+impl LayerDims {
+    fn check(s: &[Vec<usize>; 14]) -> ort::Result<Self> {
+        let [x, conv, h, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, a, d, out_w, eps] = s;
+        if x.len() != 2 || conv_w.len() != 2 || conv_w[0] == 0 || a.len() != 2 || dt_w.len() != 2 {
+            return Err(err(format!(
+                "MambaLayer: x {x:?} / conv_w {conv_w:?} / A {a:?} / dt_w {dt_w:?} must be \
+                 [B, D] / [K, E] / [N, E] / [R, E]"
+            )));
+        }
+        let (b, dm, k, e, n, r) = (x[0], x[1], conv_w[0], conv_w[1], a[0], dt_w[0]);
+        expect("MambaLayer conv_state", conv, &[b, k - 1, e])?;
+        expect("MambaLayer h", h, &[b, n, e])?;
+        expect("MambaLayer norm_w", norm_w, &[dm])?;
+        expect("MambaLayer in_w", in_w, &[dm, 2 * e])?;
+        expect("MambaLayer conv_b", conv_b, &[e])?;
+        expect("MambaLayer x_w", x_w, &[e, r + 2 * n])?;
+        expect("MambaLayer dt_w", dt_w, &[r, e])?;
+        expect("MambaLayer dt_b", dt_b, &[e])?;
+        expect("MambaLayer A", a, &[n, e])?;
+        expect("MambaLayer D", d, &[e])?;
+        expect("MambaLayer out_w", out_w, &[e, dm])?;
+        expect("MambaLayer eps", eps, &[1])?;
+        Ok(Self { b, dm, e, n, r, k })
+    }
+    /// `x'`'s shape.
+    pub fn out(&self) -> Vec<i64> {
+        vec![self.b as i64, self.dm as i64]
+    }
+    /// `conv_state'`'s shape.
+    pub fn conv_state(&self) -> Vec<i64> {
+        vec![self.b as i64, self.k as i64 - 1, self.e as i64]
+    }
+    /// `h'`'s shape.
+    pub fn ssm_state(&self) -> Vec<i64> {
+        vec![self.b as i64, self.n as i64, self.e as i64]
+    }
+    /// The shapes of the five outputs: `x'`, `conv_state'`, `h'`, `xz [B, 2E]`, `y [B, E]`.
+    pub fn outputs(&self) -> [Vec<i64>; 5] {
+        let b = self.b as i64;
+        [
+            self.out(),
+            self.conv_state(),
+            self.ssm_state(),
+            vec![b, 2 * self.e as i64],
+            vec![b, self.e as i64],
+        ]
+    }
+    /// The per-row sizes of the conv and SSM parts (`T = 1`).
+    pub fn conv(&self) -> ConvDims {
+        ConvDims {
+            b: 1,
+            t: 1,
+            e: self.e,
+            k: self.k,
+            rank3: false,
+        }
+    }
+    pub fn ssm(&self) -> SsmDims {
+        SsmDims {
+            b: 1,
+            t: 1,
+            e: self.e,
+            n: self.n,
+            r: self.r,
+            rank3: false,
+        }
+    }
+}
+
+/// `MambaLayer`.
+pub struct LayerOp(pub Ep);
+
+impl Operator for LayerOp {
+    type Kernel<'attr> = BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        "MambaLayer"
+    }
+
+    fn execution_provider_type(&self) -> Option<&str> {
+        ep_name(self.0)
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        std::iter::repeat_with(|| OperatorInput::required(F32)).take(LAYER_INPUTS.len())
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        std::iter::repeat_with(|| OperatorOutput::required(F32)).take(5)
+    }
+
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        same_as(ctx, &[(0, 0), (1, 1), (2, 2)])?;
+        // xz [B, 2E] and y [B, E]: the batch of x, the widths of in_w and A
+        let ins = ctx.inputs();
+        if let (Some((x, xs)), Some((w, _)), Some((a, _))) = (
+            ins.first().and_then(tensor_parts),
+            ins.get(4).and_then(tensor_parts),
+            ins.get(10).and_then(tensor_parts),
+        ) {
+            let b = x.first().copied().unwrap_or(-1);
+            let bs = xs.first().cloned().unwrap_or_default();
+            let (e2, e) = (
+                w.get(1).copied().unwrap_or(-1),
+                a.get(1).copied().unwrap_or(-1),
+            );
+            ctx.set_output(3, &f32_tensor(vec![b, e2], vec![bs.clone(), String::new()]))?;
+            ctx.set_output(4, &f32_tensor(vec![b, e], vec![bs, String::new()]))?;
+        }
+        Ok(())
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        match self.0 {
+            Ep::Cpu => Ok(Box::new(LayerCpu::default())),
+            #[cfg(feature = "cuda")]
+            Ep::Cuda(id) => Ok(Box::new(cuda::CudaKernel::new(id, cuda::Which::Layer)?)),
+        }
+    }
+}
+
+/// CPU kernel of `MambaLayer`; keeps `A · log2 e` between calls like [`SsmCpu`].
+#[derive(Default)]
+struct LayerCpu {
+    a2: cpu::Derived<Vec<f32>>,
+}
+
+impl Kernel for LayerCpu {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let (ins, shapes) = gather(ctx, "MambaLayer", [F32; 14])?;
+        let d = LayerDims::check(&shapes)?;
+        let sl: Vec<&[f32]> = ins
+            .iter()
+            .zip(LAYER_INPUTS)
+            .map(|(v, n)| host_slice(v, n))
+            .collect::<ort::Result<_>>()?;
+        let [s0, s1, s2, s3, s4] = d.outputs();
+        let xo = SendPtr::of(&host_out(ctx, 0, s0)?);
+        let co = SendPtr::of(&host_out(ctx, 1, s1)?);
+        let ho = SendPtr::of(&host_out(ctx, 2, s2)?);
+        let xzo = SendPtr::of(&host_out(ctx, 3, s3)?);
+        let yo = SendPtr::of(&host_out(ctx, 4, s4)?);
+        let a2 = self.a2.get(sl[10], |a| {
+            a.iter().map(|a| a * std::f32::consts::LOG2_E).collect()
+        });
+        let w = cpu::LayerWeights {
+            norm_w: sl[3],
+            in_w: sl[4],
+            conv: cpu::ConvWeights {
+                w: sl[5],
+                bias: sl[6],
+            },
+            x_w: sl[7],
+            ssm: cpu::SsmWeights {
+                dt_w: sl[8],
+                dt_b: sl[9],
+                a2,
+                d: sl[11],
+            },
+            out_w: sl[12],
+            eps: sl[13][0],
+        };
+        let (rc, rh) = ((d.k - 1) * d.e, d.n * d.e);
+        for_rows(ctx, d.b, |i| {
+            // SAFETY: row i's ranges of the five outputs, disjoint across rows.
+            let out = unsafe {
+                cpu::LayerOut {
+                    x: xo.row(i, d.dm),
+                    conv: co.row(i, rc),
+                    h: ho.row(i, rh),
+                    xz: xzo.row(i, 2 * d.e),
+                    y: yo.row(i, d.e),
+                }
+            };
+            let x0 = &sl[0][i * d.dm..(i + 1) * d.dm];
+            let c0 = &sl[1][i * rc..(i + 1) * rc];
+            let h0 = &sl[2][i * rh..(i + 1) * rh];
+            cpu::layer_row(&d, &w, x0, c0, h0, out);
         })
     }
 }
