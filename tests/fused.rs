@@ -195,18 +195,14 @@ fn kernels_fused_without_a_fused_graph_is_a_clear_error() {
     assert!(stderr(&o).contains("no fused graph"), "{}", stderr(&o));
 }
 
-/// A fused graph whose operator inputs have the wrong shape (layer 0's `A` is `[N-1, E]`):
-/// loading works (the ops' shapes are checked when they run), the first step fails with an
-/// error that names the operator and the shapes, and the CLI exits non-zero — no panic.
-#[test]
-fn a_broken_fused_graph_is_a_clear_error() {
-    let bad = repo().join("tests/data/bad-fused-step.onnx");
+/// A graph in tests/data whose fused op gets a wrongly shaped input: loading works (the ops'
+/// shapes are checked when they run), the first step fails with an error that names the op,
+/// the input and the shapes (`want`), and the CLI exits non-zero naming `op` — no panic.
+fn assert_broken_graph_fails_clearly(file: &str, want: &str, op: &str) {
+    let bad = repo().join("tests/data").join(file);
     let mut e = Engine::load(&bad, &opts(Kernels::Auto), 1, 1).expect("loads");
     let err = format!("{:#}", e.run(&[true]).expect_err("the step must fail"));
-    assert!(
-        err.contains("MambaSsm A: shape [3, 32], expected [4, 32]"),
-        "{err}"
-    );
+    assert!(err.contains(want), "{err}");
     let wav = sine_wav();
     let o = mambatag(&[
         "tag",
@@ -216,8 +212,18 @@ fn a_broken_fused_graph_is_a_clear_error() {
     ]);
     assert!(!o.status.success());
     let msg = stderr(&o);
-    assert!(msg.contains("MambaSsm"), "{msg}");
+    assert!(msg.contains(op), "{msg}");
     assert!(!msg.contains("panicked"), "{msg}");
+}
+
+/// Layer 0's `A` is `[N-1, E]`.
+#[test]
+fn a_broken_fused_graph_is_a_clear_error() {
+    assert_broken_graph_fails_clearly(
+        "bad-fused-step.onnx",
+        "MambaSsm A: shape [3, 32], expected [4, 32]",
+        "MambaSsm",
+    );
 }
 
 /// `--kernels auto` with a layer-graph switch point (on a GPU 512 rows; here 1, to run the same
@@ -264,26 +270,12 @@ fn auto_engine_switches_graphs_as_the_batch_grows() {
 }
 
 /// A layer graph whose layer-0 `in_w` lacks a row (made from test-tiny's step-layer.onnx by
-/// dropping the last row of `l0_in_w`): the first step fails naming the op, the input and the
-/// shapes, and the CLI exits non-zero without a panic.
+/// dropping the last row of `l0_in_w`).
 #[test]
 fn a_broken_layer_graph_is_a_clear_error() {
-    let bad = repo().join("tests/data/bad-layer-step.onnx");
-    let mut e = Engine::load(&bad, &opts(Kernels::Auto), 1, 1).expect("loads");
-    let err = format!("{:#}", e.run(&[true]).expect_err("the step must fail"));
-    assert!(
-        err.contains("MambaLayer in_w: shape [15, 64], expected [16, 64]"),
-        "{err}"
+    assert_broken_graph_fails_clearly(
+        "bad-layer-step.onnx",
+        "MambaLayer in_w: shape [15, 64], expected [16, 64]",
+        "MambaLayer",
     );
-    let wav = sine_wav();
-    let o = mambatag(&[
-        "tag",
-        "--model",
-        bad.to_str().unwrap(),
-        wav.to_str().unwrap(),
-    ]);
-    assert!(!o.status.success());
-    let msg = stderr(&o);
-    assert!(msg.contains("MambaLayer"), "{msg}");
-    assert!(!msg.contains("panicked"), "{msg}");
 }

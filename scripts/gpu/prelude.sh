@@ -9,3 +9,24 @@ for f in mambatag gputest; do
   if [ -f .gpubin/$f.xz ]; then unxz_to .gpubin/$f.xz $B/$f; chmod +x $B/$f; fi
 done
 M=models/default
+
+# gpu_tests KIND...: tests/gpu.rs (carried as .gpubin/gputest.xz) with the default model and
+# CUDA graphs, once per step-graph kind (layer, fused, onnx) -> $OUT/gpu_tests_KIND.txt
+gpu_tests() {
+  local k
+  for k in "$@"; do
+    MAMBATAG_GPU_MODEL=$M MAMBATAG_GPU_CUDA_GRAPH=1 MAMBATAG_GPU_KERNELS=$k \
+      timeout 150 $B/gputest --ignored --nocapture --test-threads 1 > $OUT/gpu_tests_$k.txt 2>&1
+  done
+}
+
+# cli_parity NAME:ARGS...: per-frame scores of `mambatag tag demo/demo.flac --frames --device
+# cuda ARGS` against the CPU standard graphs, one line per NAME -> $OUT/cli_parity.txt
+cli_parity() {
+  local spec
+  $B/mambatag tag demo/demo.flac --frames --kernels onnx > /tmp/cpu.jsonl
+  for spec in "$@"; do
+    $B/mambatag tag demo/demo.flac --frames --device cuda ${spec#*:} > /tmp/gpu_${spec%%:*}.jsonl
+    python3 scripts/gpu/cli-parity.py /tmp/cpu.jsonl /tmp/gpu_${spec%%:*}.jsonl
+  done > $OUT/cli_parity.txt 2>&1
+}

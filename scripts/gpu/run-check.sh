@@ -4,14 +4,8 @@
 # the step latency per batch size, and ncu's per-kernel GPU time of a batch-1 layer-graph step.
 set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
-export MAMBATAG_GPU_MODEL=models/default MAMBATAG_GPU_CUDA_GRAPH=1
-for k in ${KS:-layer fused onnx}; do
-  MAMBATAG_GPU_KERNELS=$k timeout 150 $B/gputest --ignored --nocapture --test-threads 1 > $OUT/gpu_tests_$k.txt 2>&1
-done
-$B/mambatag tag demo/demo.flac --frames --kernels onnx > /tmp/cpu.jsonl
-$B/mambatag tag demo/demo.flac --frames --device cuda --engine step --cuda-graph > /tmp/gpu_step_auto.jsonl
-$B/mambatag tag demo/demo.flac --frames --device cuda > /tmp/gpu_chunk.jsonl
-for f in gpu_step_auto gpu_chunk; do python3 scripts/gpu/cli-parity.py /tmp/cpu.jsonl /tmp/$f.jsonl; done > $OUT/cli_parity.txt 2>&1
+gpu_tests ${KS:-layer fused onnx}
+cli_parity "step_auto:--engine step --cuda-graph" "chunk:"
 timeout 150 $B/mambatag bench --device cuda --cuda-graph --model $M --streams 1,16,64,256,1024,4096,10240,16384 --steps 2000 --min-steps 2000 > $OUT/bench_auto.txt 2>&1
 timeout 100 /usr/local/cuda/bin/ncu --metrics gpu__time_duration.sum --csv --launch-skip 300 --launch-count 100 \
   $B/mambatag bench --device cuda --model $M --steps 30 --streams 1 > /tmp/ncu.csv 2>/dev/null

@@ -5,15 +5,8 @@
 # sweep, and chunk-graph throughput (FP32, TF32).
 set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
-export MAMBATAG_GPU_MODEL=models/default MAMBATAG_GPU_CUDA_GRAPH=1
-for k in ${KS:-layer fused}; do
-  MAMBATAG_GPU_KERNELS=$k timeout 150 $B/gputest --ignored --nocapture --test-threads 1 > $OUT/gpu_tests_$k.txt 2>&1
-done
-$B/mambatag tag demo/demo.flac --frames --kernels onnx > /tmp/cpu.jsonl
-$B/mambatag tag demo/demo.flac --frames --device cuda --engine step --cuda-graph > /tmp/gpu_step_auto.jsonl
-$B/mambatag tag demo/demo.flac --frames --device cuda > /tmp/gpu_chunk.jsonl
-$B/mambatag tag demo/demo.flac --frames --device cuda --tf32 > /tmp/gpu_chunk_tf32.jsonl
-for f in gpu_step_auto gpu_chunk gpu_chunk_tf32; do python3 scripts/gpu/cli-parity.py /tmp/cpu.jsonl /tmp/$f.jsonl; done > $OUT/cli_parity.txt 2>&1
+gpu_tests ${KS:-layer fused}
+cli_parity "step_auto:--engine step --cuda-graph" "chunk:" "chunk_tf32:--tf32"
 for i in 1 2 3; do
   timeout 60 $B/mambatag bench --device cuda --cuda-graph --model $M --streams 1,16 --steps 3000 > $OUT/bench_nosync_$i.txt 2>&1
   MAMBATAG_RUN_SYNC=1 timeout 60 $B/mambatag bench --device cuda --cuda-graph --model $M --streams 1,16 --steps 3000 > $OUT/bench_sync_$i.txt 2>&1

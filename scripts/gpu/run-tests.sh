@@ -4,8 +4,5 @@
 # (mambatag itself is not needed).
 set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
-export MAMBATAG_GPU_MODEL=models/default MAMBATAG_GPU_CUDA_GRAPH=1
-for k in layer fused onnx; do
-  MAMBATAG_GPU_KERNELS=$k timeout 150 $B/gputest --ignored --nocapture --test-threads 1 > $OUT/gpu_tests_$k.txt 2>&1
-done
+gpu_tests layer fused onnx
 tail -n 25 $OUT/*.txt
