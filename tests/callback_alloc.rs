@@ -1,5 +1,6 @@
 //! The audio callback's work must not allocate: the body (`push_converted`) and the wake-up
 //! (`Thread::unpark`) run under a counting global allocator.
+#![cfg(feature = "mic")]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -2,6 +2,7 @@
 //! through ALSA's `pulse` device. A clip played into the sink with `paplay` must come out of
 //! the daemon's SSE stream as the expected event; unloading and reloading the sink must show
 //! up as `down`, `gap` and `up`, and tagging must resume.
+#![cfg(feature = "mic")]
 
 mod live_support;
 

@@ -3,7 +3,8 @@
 source .gpu/ort-cuda-env.sh
 B=/tmp/b; mkdir -p $B
 unxz_to() { python3 -c "import lzma,shutil,sys;shutil.copyfileobj(lzma.open(sys.argv[1]),open(sys.argv[2],'wb'))" "$1" "$2"; }
-unxz_to .gpubin/lib/libasound.so.2.xz $B/libasound.so.2   # cpal links it; the GPU image lacks it
+# binaries built with the default `mic` feature link libasound, which the GPU image lacks
+[ -f .gpubin/lib/libasound.so.2.xz ] && unxz_to .gpubin/lib/libasound.so.2.xz $B/libasound.so.2
 export LD_LIBRARY_PATH=$B:$LD_LIBRARY_PATH
 for f in mambatag gputest; do
   if [ -f .gpubin/$f.xz ]; then unxz_to .gpubin/$f.xz $B/$f; chmod +x $B/$f; fi

@@ -365,6 +365,13 @@ impl Loaded {
             }
             match s.kind {
                 SourceKind::Mic => {
+                    if !cfg!(feature = "mic") {
+                        return Err(self.error_at(
+                            span,
+                            "source.kind",
+                            &format!("source `{}`: {}", s.name, crate::live::MIC_UNAVAILABLE),
+                        ));
+                    }
                     if s.path.is_some() || s.rate.is_some() {
                         return Err(self.error_at(
                             span,

@@ -6,7 +6,7 @@
 //! overflow. It then `unpark`s the conditioning thread (a futex wake: no lock, no allocation,
 //! never blocks). Errors from the backend only set atomic flags the conditioning thread reads.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::Thread;
 use std::time::Duration;
@@ -16,28 +16,9 @@ use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use cpal::{FromSample, SampleFormat, SizedSample};
 use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::HeapRb;
-use serde::Serialize;
 
 use super::SourceStats;
-
-/// One input device as `mambatag devices` shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct DeviceInfo {
-    pub index: usize,
-    /// The ALSA PCM name (e.g. `pulse`, `hw:CARD=PCH,DEV=0`): what `device = "…"` matches first.
-    pub id: String,
-    /// Human-readable name.
-    pub name: String,
-    pub default: bool,
-    pub default_rate: Option<u32>,
-    pub default_channels: Option<u16>,
-    pub default_format: Option<String>,
-    /// Supported sample formats (from the device's config ranges).
-    pub formats: Vec<String>,
-    /// Supported rate range over all configs.
-    pub rates: Option<(u32, u32)>,
-    pub max_channels: Option<u16>,
-}
+pub use super::{DeviceInfo, StreamFlags};
 
 fn device_id(d: &cpal::Device) -> String {
     d.id()
@@ -128,15 +109,6 @@ pub fn find_device(spec: &str) -> Result<cpal::Device> {
         }
     }
     by_name.ok_or_else(|| anyhow!("no input device named `{spec}` (see `mambatag devices`)"))
-}
-
-/// Flags the error callback raises.
-#[derive(Debug, Default)]
-pub struct StreamFlags {
-    /// The device is gone (DeviceNotAvailable, StreamInvalidated, HostUnavailable).
-    pub lost: AtomicBool,
-    /// Callbacks so far (a stream that never calls back is also treated as lost).
-    pub callbacks: AtomicU64,
 }
 
 /// A running input stream and the consumer end of its ring.

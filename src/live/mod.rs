@@ -25,19 +25,59 @@
 //! length added so event times keep tracking the wall clock. Short dropouts inside a running
 //! stream (ring overflow, xruns) keep the state.
 
+#[cfg(feature = "mic")]
+pub mod capture;
+/// Built without the `mic` feature: the same entry points, each saying that capture is not
+/// available in this build.
+#[cfg(not(feature = "mic"))]
+#[path = "capture_off.rs"]
 pub mod capture;
 pub mod mic;
 pub mod pcm;
 pub mod resample;
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
+
+use serde::Serialize;
 
 use crate::engine::slots::StreamId;
 use crate::frame::Framer;
 
 pub use resample::LiveResampler;
+
+/// What a build without the `mic` feature says when asked for capture.
+pub const MIC_UNAVAILABLE: &str = "this mambatag was built without microphone capture (the \
+    `mic` cargo feature, on by default; rebuild without `--no-default-features`)";
+
+/// One input device as `mambatag devices` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeviceInfo {
+    pub index: usize,
+    /// The ALSA PCM name (e.g. `pulse`, `hw:CARD=PCH,DEV=0`): what `device = "…"` matches first.
+    pub id: String,
+    /// Human-readable name.
+    pub name: String,
+    pub default: bool,
+    pub default_rate: Option<u32>,
+    pub default_channels: Option<u16>,
+    pub default_format: Option<String>,
+    /// Supported sample formats (from the device's config ranges).
+    pub formats: Vec<String>,
+    /// Supported rate range over all configs.
+    pub rates: Option<(u32, u32)>,
+    pub max_channels: Option<u16>,
+}
+
+/// Flags the error callback raises.
+#[derive(Debug, Default)]
+pub struct StreamFlags {
+    /// The device is gone (DeviceNotAvailable, StreamInvalidated, HostUnavailable).
+    pub lost: AtomicBool,
+    /// Callbacks so far (a stream that never calls back is also treated as lost).
+    pub callbacks: AtomicU64,
+}
 
 /// Model-rate hops from one source, in order. `samples.len()` is a multiple of the hop.
 #[derive(Debug)]
