@@ -179,13 +179,14 @@ pub struct Engine {
     stream: Option<fused::cuda::Stream>,
 }
 
-/// The session that runs a batch of `cap`: on an engine with a second step graph, that graph's
-/// session (loaded on first use) for a batch over its switch point; else `main`.
+/// The session that runs a batch of `cap` (binding and running go through here): on an engine
+/// with a second step graph, that graph's session (loaded on first use) for a batch over its
+/// switch point; else `main`.
 fn session_for<'a>(
-    main: &'a Session,
+    main: &'a mut Session,
     big: &'a mut Option<BigBatch>,
     cap: usize,
-) -> Result<&'a Session> {
+) -> Result<&'a mut Session> {
     match big {
         Some(b) if cap > b.max => {
             if b.session.is_none() {
@@ -193,13 +194,13 @@ fn session_for<'a>(
                 b.session = Some(build_session(&rt, &b.path, &b.opts, b.stream)?.0);
                 tracing::debug!("batch {cap} > {}: running {}", b.max, b.path.display());
             }
-            Ok(b.session.as_ref().expect("loaded above"))
+            Ok(b.session.as_mut().expect("loaded above"))
         }
         _ => Ok(main),
     }
 }
 
-/// The second step graph of a GPU engine (see [`Engine::big`]).
+/// The second step graph of an engine (see [`Engine::big`]).
 struct BigBatch {
     path: std::path::PathBuf,
     opts: EngineOptions,
@@ -276,7 +277,7 @@ impl Engine {
             _ => None,
         };
         let path = graph.as_path();
-        let (session, device) = build_session(&rt, path, opts, stream_ptr)?;
+        let (mut session, device) = build_session(&rt, path, opts, stream_ptr)?;
         let mut big = big;
         if let Some(b) = big.as_mut().filter(|_| device == Device::Cpu) {
             // `--device auto` without a GPU: the CPU's switch point
@@ -301,7 +302,7 @@ impl Engine {
         // ORT copying inside the run — measured 12–25 % slower on an H200, and CUDA graphs
         // need fixed device addresses anyway.)
         let mut t = Tensors::alloc(&info, cap, frames_per_call, &allocs)?;
-        let bindings = t.bind(session_for(&session, &mut big, cap)?, &info)?;
+        let bindings = t.bind(session_for(&mut session, &mut big, cap)?, &info)?;
         let mut e = Self {
             bindings,
             session,
@@ -420,14 +421,7 @@ impl Engine {
         let t0 = Instant::now();
         self.upload()?;
         let t1 = Instant::now();
-        let session = match &mut self.big {
-            Some(BigBatch {
-                session: Some(s),
-                max,
-                ..
-            }) if self.cap > *max => s,
-            _ => &mut self.session,
-        };
+        let session = session_for(&mut self.session, &mut self.big, self.cap)?;
         let outputs = match &self.run_opts {
             Some(o) => session.run_binding_with_options(&self.bindings[self.cur], &o[self.cur]),
             None => session.run_binding(&self.bindings[self.cur]),
@@ -592,7 +586,7 @@ impl Engine {
         }
         let mut t = Tensors::alloc(&self.info, capacity, self.frames_per_call, &self.allocs)?;
         self.bindings = t.bind(
-            session_for(&self.session, &mut self.big, capacity)?,
+            session_for(&mut self.session, &mut self.big, capacity)?,
             &self.info,
         )?;
         #[cfg(feature = "cuda")]

@@ -268,6 +268,17 @@ impl<T> Derived<T> {
     }
 }
 
+/// `A · log2 e` of an SSM's constant `A` (`[N, E]`), so that the decay `exp(dt·A)` is a power
+/// of two ([`exp2_decay`]); made on the first call and kept ([`Derived`]).
+#[derive(Default)]
+pub struct DecayScale(Derived<Vec<f32>>);
+
+impl DecayScale {
+    pub fn get(&mut self, a: &[f32]) -> &[f32] {
+        self.0.get(a, |a| a.iter().map(|a| a * LOG2E).collect())
+    }
+}
+
 /// One nonzero filterbank weight: `(bin, band, weight)`.
 pub type MelWeight = (u32, u32, f64);
 

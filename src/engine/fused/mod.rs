@@ -564,7 +564,7 @@ impl Kernel for ConvCpu {
 /// CPU kernel of `MambaSsm`; keeps `A · log2 e` of the constant `A` between calls.
 #[derive(Default)]
 struct SsmCpu {
-    a2: cpu::Derived<Vec<f32>>,
+    a2: cpu::DecayScale,
 }
 
 impl Kernel for SsmCpu {
@@ -580,9 +580,7 @@ impl Kernel for SsmCpu {
         let y = SendPtr::of(&host_out(ctx, 0, dm.out())?);
         let h = SendPtr::of(&host_out(ctx, 1, dm.state())?);
         let (rt, rw, rh) = (dm.t * dm.e, dm.t * (dm.r + 2 * dm.n), dm.n * dm.e);
-        let a2 = self.a2.get(sl[5], |a| {
-            a.iter().map(|a| a * std::f32::consts::LOG2_E).collect()
-        });
+        let a2 = self.a2.get(sl[5]);
         let wt = cpu::SsmWeights {
             dt_w: sl[3],
             dt_b: sl[4],
@@ -758,7 +756,7 @@ impl Operator for LayerOp {
 /// CPU kernel of `MambaLayer`; keeps `A · log2 e` between calls like [`SsmCpu`].
 #[derive(Default)]
 struct LayerCpu {
-    a2: cpu::Derived<Vec<f32>>,
+    a2: cpu::DecayScale,
 }
 
 impl Kernel for LayerCpu {
@@ -776,9 +774,7 @@ impl Kernel for LayerCpu {
         let ho = SendPtr::of(&host_out(ctx, 2, s2)?);
         let xzo = SendPtr::of(&host_out(ctx, 3, s3)?);
         let yo = SendPtr::of(&host_out(ctx, 4, s4)?);
-        let a2 = self.a2.get(sl[10], |a| {
-            a.iter().map(|a| a * std::f32::consts::LOG2_E).collect()
-        });
+        let a2 = self.a2.get(sl[10]);
         let w = cpu::LayerWeights {
             norm_w: sl[3],
             in_w: sl[4],
