@@ -150,6 +150,24 @@ class Producer(threading.Thread):
             self.join(timeout=0.05)
 
 
+def maxpool_bce(logits, y, seg_frames):
+    """Mean over segment lengths S of BCE(max_t logit, max_t target) per (row, segment, class).
+
+    logits, y ``[B, T, C]``; a length that does not divide T is skipped (the tail is dropped when
+    T is not a multiple of any, which the callers avoid). The gradient reaches one frame per
+    segment and class: the highest, which for a class not present is the false spike."""
+    B, T, C = logits.shape
+    losses = []
+    for S in seg_frames:
+        n = T // S
+        if n == 0:
+            continue
+        lm = logits[:, :n * S].reshape(B, n, S, C).amax(2)
+        ym = y[:, :n * S].reshape(B, n, S, C).amax(2)
+        losses.append(F.binary_cross_entropy_with_logits(lm, ym))
+    return sum(losses) / len(losses) if losses else logits.new_zeros(())
+
+
 def _clean(o):
     """NaN -> None so the JSON outputs are strict JSON."""
     if isinstance(o, float) and math.isnan(o):
@@ -185,6 +203,14 @@ def main(argv=None):
                     help="consistency is asked for from this many seconds into the step on")
     ap.add_argument("--fresh-bce-w", type=float, default=0.5,
                     help="weight of the BCE on the fresh-state run's frames")
+    ap.add_argument("--maxpool-w", type=float, default=0.0,
+                    help="weight of the segment max-pool loss (0: off): BCE of each class's max logit over "
+                         "segments of --maxpool-frames against the segment's max target, on the carried and "
+                         "the fresh-state run. A clip's score is its max frame, so one spike at a sound's "
+                         "onset makes a false clip-level positive; frame BCE barely sees it")
+    ap.add_argument("--maxpool-frames", default="100,300",
+                    help="segment lengths (frames, comma-separated) of the max-pool loss; each must divide "
+                         "the step's frames and the fresh window's")
     ap.add_argument("--val-every", type=int, default=150)
     ap.add_argument("--val-scenes", type=int, default=48)
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing (less memory)")
@@ -254,6 +280,9 @@ def main(argv=None):
     log({"event": "setup", "frontend_mean": [round(float(v), 2) for v in mean[::8]],
          "frontend_std": [round(float(v), 2) for v in std[::8]], "setup_s": round(time.time() - t_start, 1)})
 
+    seg = [int(v) for v in a.maxpool_frames.split(",") if v.strip()]
+    if a.maxpool_w > 0 and (not seg or min(seg) < 1):
+        ap.error(f"--maxpool-frames {a.maxpool_frames!r}: give positive frame counts, e.g. 100,300")
     opt = torch.optim.AdamW(param_groups(model, a.wd), lr=a.lr, betas=(0.9, 0.98), eps=1e-8)
     prod = Producer(mixer, a.batch, L, a.seed + 7)
     prod.start()
@@ -283,6 +312,10 @@ def main(argv=None):
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
                     logits, state = model(x, logits=True, state=state, return_state=True)
                 loss = F.binary_cross_entropy_with_logits(logits.float(), y[:, :logits.shape[1]])
+                lmp = None
+                if a.maxpool_w > 0:
+                    lmp = maxpool_bce(logits.float(), y[:, :logits.shape[1]], seg)
+                    loss = loss + a.maxpool_w * lmp
                 lc = None
                 if carried and (a.consist_w > 0 or a.fresh_bce_w > 0):
                     # Context consistency: the same first seconds from a zero state. Scores from
@@ -296,6 +329,8 @@ def main(argv=None):
                     lf = lf.float()
                     if a.fresh_bce_w > 0:
                         loss = loss + a.fresh_bce_w * F.binary_cross_entropy_with_logits(lf, y[:, :W])
+                    if a.maxpool_w > 0:
+                        loss = loss + a.maxpool_w * maxpool_bce(lf, y[:, :W], seg)
                     if a.consist_w > 0:
                         lc = (torch.sigmoid(logits[:, k0:W].float()) - torch.sigmoid(lf[:, k0:W])).abs().mean()
                         loss = loss + a.consist_w * lc
@@ -323,6 +358,7 @@ def main(argv=None):
             if step % 25 == 0 or step <= 3:
                 log({"step": step, "loss": round(lv, 4), "loss_ema": round(ema, 4), "lr": round(lr, 6),
                      "consist": None if lc is None else round(float(lc.item()), 4),
+                     "maxpool": None if lmp is None else round(float(lmp.item()), 4),
                      "gnorm": round(float(gn), 3), "elapsed": round(time.time() - t0, 1),
                      "step_s": round((time.time() - t0) / step, 3), "queue": prod.q.qsize()})
             if step % a.val_every == 0:

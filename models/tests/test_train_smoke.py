@@ -88,3 +88,38 @@ def test_synthetic_share_cap_train_only():
     a = mixer.generate(2, 16000 * 5, np.random.default_rng(9), mode="eval")
     b = ref.generate(2, 16000 * 5, np.random.default_rng(9), mode="eval")
     assert a[2] == b[2]
+
+
+def test_train_smoke_with_maxpool_loss(tmp_path):
+    from models import train
+
+    summary = train.main(["--smoke", "--out", str(tmp_path), "--maxpool-w", "0.5", "--maxpool-frames", "50,100"])
+    assert summary["steps"] == 2
+    logged = [json.loads(l) for l in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    mp = [d["maxpool"] for d in logged if d.get("maxpool") is not None]
+    assert mp and all(v > 0 for v in mp)
+
+
+def test_maxpool_loss_sees_the_spike_that_frame_bce_averages_away():
+    from models.train import maxpool_bce
+    import torch.nn.functional as F
+
+    T, C = 300, 2
+    y = torch.zeros(1, T, C)
+    y[0, 100:200, 0] = 1  # class 0 present in the middle second; class 1 never
+    g = torch.Generator().manual_seed(0)
+    quiet = torch.where(y > 0, torch.tensor(4.0), torch.tensor(-4.0)) + 0.01 * torch.randn(1, T, C, generator=g)
+    spiky = quiet.clone()
+    spiky[0, 10, 1] = 4.0  # one confident false frame of class 1 (an onset spike)
+    f0 = F.binary_cross_entropy_with_logits(quiet, y)
+    f1 = F.binary_cross_entropy_with_logits(spiky, y)
+    m0, m1 = maxpool_bce(quiet, y, [100]), maxpool_bce(spiky, y, [100])
+    assert float(f1 - f0) < 0.01  # 1 frame in 600: frame BCE hardly notices
+    assert float(m1 - m0) > 0.5  # 1 segment-class in 6: the max-pool loss does
+    # its gradient reaches exactly the spiking frame of the absent class
+    s = spiky.clone().requires_grad_(True)
+    maxpool_bce(s, y, [100]).backward()
+    g = s.grad[0, :, 1]
+    assert g[10] > 0 and int((g != 0).sum()) == 3  # one frame per 100-frame segment
+    # a length that does not divide T is used for the whole segments only; none at all is 0
+    assert float(maxpool_bce(quiet, y, [1000])) == 0.0
