@@ -6,16 +6,21 @@ import numpy as np
 
 
 def average_precision(y, s) -> float:
-    """Step-wise AP, sklearn's ``average_precision_score``; NaN when there is no positive."""
+    """Step-wise AP as sklearn's ``average_precision_score``: sum over distinct score thresholds
+    of (recall gain) x (precision at that threshold); NaN when there is no positive. Tied scores
+    form one threshold, so the result does not depend on the order of the items (saturated
+    sigmoids give exact ties)."""
     y = np.asarray(y).astype(bool)
     s = np.asarray(s, dtype=np.float64)
     if y.sum() == 0:
         return float("nan")
     order = np.argsort(-s, kind="mergesort")
-    y = y[order]
-    tp = np.cumsum(y)
-    prec = tp / np.arange(1, len(y) + 1)
-    return float((prec * y).sum() / y.sum())
+    y, s = y[order], s[order]
+    last = np.r_[np.nonzero(np.diff(s))[0], len(s) - 1]  # last index of each tie group
+    tp = np.cumsum(y)[last]
+    prec = tp / (last + 1)
+    gain = np.diff(np.r_[0, tp])
+    return float((prec * gain).sum() / y.sum())
 
 
 def tune_thresholds_frames(s: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, float]:

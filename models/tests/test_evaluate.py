@@ -70,3 +70,17 @@ def test_quick_run(tmp_path):
     data = json.loads((tmp_path / "eval.json").read_text())
     assert 0 <= data["clips"]["mambatag"]["macro_ap"] <= 1
     assert R["cpu"]["mambatag_B1"]["cpu_s_per_audio_s"] > 0
+
+
+def test_average_precision_treats_ties_as_one_threshold():
+    # sklearn: y=[1,0,1,0], s=[0.5,0.5,0.5,0.1] -> one threshold at 0.5 with P=2/3, R=1
+    y = np.array([1, 0, 1, 0])
+    s = np.array([0.5, 0.5, 0.5, 0.1])
+    assert ev.average_precision(y, s) == pytest.approx(2 / 3)
+    # the order of tied items does not matter (a stable sort alone gave 1.0 vs 0.5 here)
+    assert ev.average_precision(np.array([1, 0]), np.array([1.0, 1.0])) == pytest.approx(0.5)
+    assert ev.average_precision(np.array([0, 1]), np.array([1.0, 1.0])) == pytest.approx(0.5)
+    # all scores equal: AP is the positive rate
+    rng = np.random.default_rng(0)
+    yy = rng.random(50) < 0.3
+    assert ev.average_precision(yy, np.full(50, 0.7)) == pytest.approx(yy.mean())
