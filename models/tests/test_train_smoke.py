@@ -123,3 +123,33 @@ def test_maxpool_loss_sees_the_spike_that_frame_bce_averages_away():
     assert g[10] > 0 and int((g != 0).sum()) == 3  # one frame per 100-frame segment
     # a length that does not divide T is used for the whole segments only; none at all is 0
     assert float(maxpool_bce(quiet, y, [1000])) == 0.0
+
+
+def test_clip_ap_on_the_fake_pool(tmp_path):
+    """models/eval/clip_ap.py: every clip scored, one AP per class in [0, 1], a clip's score is the
+    max over its frames, and a model that scores every clip alike gets the positive rate."""
+    sys.path.insert(0, str(ROOT / "models" / "data"))
+    import pool
+    from models.eval.clip_ap import clip_ap
+    from models import train
+
+    train.main(["--smoke", "--out", str(tmp_path), "--max-steps", "2"])
+    from models.mamba import MambaTagger
+    m = MambaTagger.from_safetensors(tmp_path / "weights.safetensors")
+    m.eval()
+    p = pool.fake_pool(seed=5)
+    r = clip_ap(m, p)
+    assert r["n_clips"] == len(p) and set(r["ap"]) == set(p.classes)
+    assert all(0 <= v <= 1 for v in r["ap"].values())
+    from models.eval.clip_ap import clip_scores
+    x = np.zeros(16000, np.float32)
+    x[:len(p.audio[0])] = p.audio[0]
+    with torch.no_grad():
+        frames = m(torch.from_numpy(x)[None])[0].numpy()
+    assert np.allclose(clip_scores(m, p, [0])[0], frames.max(0))
+    with torch.no_grad():
+        for prm in m.head.parameters():
+            prm.zero_()
+    flat = clip_ap(m, p)
+    # every clip scores 0.5 for every class: AP is the positive rate (3 of 26 clips per class)
+    assert abs(flat["macro_ap"] - 3 / len(p)) < 1e-6
