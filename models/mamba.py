@@ -35,7 +35,9 @@ Training notes:
   (≈365k frames/s), 17.5 GiB peak; bf16 autocast about the same; B=32 ≈270 ms, 38 GiB; 256x8
   B=16 ≈530 ms, 71 GiB. ``model.gradient_checkpointing = True`` keeps one layer's worth at a time
   (B=16: 6 GiB, ~25 % slower). A fused scan kernel (never materialising B·T·E·N) would be the
-  next step if training time matters.
+  next step if training time matters: ``model.set_scan("triton")`` switches every layer to the
+  Triton kernels of ``models/scan_triton.py`` (same function and gradients, checked on the CPU
+  with Triton's interpreter; not yet timed on a GPU — ``scripts/gpu/run-scan.sh`` does that).
 - Under TF32/bf16 the network (not the front end) drifts ~2e-4 from the float64 reference; parity
   checks should run in float32 with ``torch.backends.cuda.matmul.allow_tf32 = False``.
 - The front end runs in float64 by default (``model.frontend.compute_dtype``), outside autocast and
@@ -194,6 +196,7 @@ class MambaMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(E))
         self.D._no_weight_decay = True
         self.out_proj = nn.Linear(E, D, bias=False)
+        self.scan = selective_scan  # or models.scan_triton.selective_scan_triton (MambaTagger.set_scan)
 
     def _ssm_params(self, xc):
         R, N = self.dt_rank, self.d_state
@@ -215,7 +218,7 @@ class MambaMixer(nn.Module):
         dt, Bm, Cm = self._ssm_params(xc)
         A = -torch.exp(self.A_log.float())
         h0 = ssm_state.transpose(1, 2) if ssm_state is not None else None
-        y, hT = selective_scan(xc, dt, A, Bm, Cm, h0, chunk)
+        y, hT = self.scan(xc, dt, A, Bm, Cm, h0, chunk)
         y = (y + xc.float() * self.D.float()).to(x.dtype) * F.silu(z)
         return self.out_proj(y), conv_next, hT.transpose(1, 2).contiguous()
 
@@ -264,6 +267,7 @@ class MambaTagger(nn.Module):
         self.head = nn.Linear(c.d_model, c.n_classes)
         self.chunk_size = 32
         self.gradient_checkpointing = False
+        self.scan_impl = "torch"
         self.load_numpy_weights(init_weights(c, seed))
 
     # ---- weights --------------------------------------------------------------------------
@@ -310,6 +314,20 @@ class MambaTagger(nn.Module):
             self.frontend.std.copy_(std)
 
     # ---- running ---------------------------------------------------------------------------
+    def set_scan(self, impl: str) -> None:
+        """Which selective scan ``forward`` uses: ``"torch"`` (:func:`selective_scan`, any device)
+        or ``"triton"`` (:func:`models.scan_triton.selective_scan_triton`: CUDA tensors, or the
+        CPU under ``TRITON_INTERPRET=1``). Both compute the same function; ``step`` is unaffected."""
+        if impl == "torch":
+            fn = selective_scan
+        elif impl == "triton":
+            from models.scan_triton import selective_scan_triton as fn
+        else:
+            raise ValueError(f"scan {impl!r}: expected 'torch' or 'triton'")
+        for layer in self.layers:
+            layer.mixer.scan = fn
+        self.scan_impl = impl
+
     def init_state(self, batch: int, device=None) -> dict[str, torch.Tensor]:
         """Zero streaming state; keys and layouts are those of the step graph's ``state.*`` inputs."""
         c = self.config

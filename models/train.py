@@ -30,6 +30,8 @@ clip level.
 ``--init WEIGHTS`` fine-tunes from a previous run (its front-end statistics are kept). AdamW (no decay on biases, norms, A_log, D), linear
 warm-up then cosine decay over the WALL-CLOCK budget ``--minutes`` (the step count adapts to the
 machine). bf16 autocast on CUDA (the selective scan itself runs in float32).
+``--scan triton`` runs the selective scan as the Triton kernels of ``models/scan_triton.py``
+(same maths and gradients; GPU speed not measured yet, ``scripts/gpu/run-scan.sh``).
 
 Outputs in --out: weights.safetensors (with front-end mean/std from the training scenes and the
 tuned thresholds in the metadata), thresholds.json, train_log.jsonl, train_summary.json.
@@ -220,6 +222,9 @@ def main(argv=None):
     ap.add_argument("--val-every", type=int, default=150)
     ap.add_argument("--val-scenes", type=int, default=48)
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing (less memory)")
+    ap.add_argument("--scan", choices=["torch", "triton"], default="torch",
+                    help="selective scan: PyTorch ops (default) or the Triton kernels of "
+                         "models/scan_triton.py (CUDA; on the CPU only under TRITON_INTERPRET=1)")
     ap.add_argument("--init", default="", help="start from these weights (fine-tune; keeps their front-end stats)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
@@ -230,6 +235,9 @@ def main(argv=None):
     t_start = time.time()
     os.makedirs(a.out, exist_ok=True)
     dev = torch.device("cuda" if torch.cuda.is_available() and not a.smoke else "cpu")
+    if a.scan == "triton" and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        ap.error("--scan triton: needs a CUDA device (or TRITON_INTERPRET=1 to run Triton's "
+                 "CPU interpreter, for tests)")
     if a.threads:
         torch.set_num_threads(a.threads)
     if dev.type == "cuda":
@@ -266,6 +274,7 @@ def main(argv=None):
     if dev.type == "cpu":
         model.frontend.compute_dtype = torch.float32
     model.gradient_checkpointing = a.ckpt
+    model.set_scan(a.scan)
     rng = np.random.default_rng(a.seed + 1)
     if a.init:
         model.load_safetensors(a.init)
@@ -389,7 +398,7 @@ def main(argv=None):
         json.dump(th, f, indent=1)
     summary = {"steps": step, "train_s": round(train_s, 1), "total_s": round(time.time() - t_start, 1),
                "batch": a.batch, "seconds": a.seconds, "hours_of_scenes_seen": round(step * a.batch * a.seconds / 3600, 1),
-               "config": cfg.to_dict(), "val_monitor": m, "thresholds": th,
+               "config": cfg.to_dict(), "scan": a.scan, "val_monitor": m, "thresholds": th,
                "train_minutes": tr_pool.minutes(), "val_minutes": va_pool.minutes(), "device": str(dev)}
     with open(os.path.join(a.out, "train_summary.json"), "w") as f:
         json.dump(_clean(summary), f, indent=1)
