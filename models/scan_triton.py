@@ -29,17 +29,32 @@ import triton.language as tl
 
 
 @triton.jit
-def _scan_fwd(x_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, h0_ptr, y_ptr, hT_ptr, hs_ptr,
-              T, E, NC,
-              N: tl.constexpr, L: tl.constexpr, BE: tl.constexpr, HAS_H0: tl.constexpr):
-    pb = tl.program_id(0)
+def _channel_block(a_ptr, E, N: tl.constexpr, BE: tl.constexpr):
+    """This program's channel block: its index, channels ``e [BE]`` (masked by ``em`` past E),
+    state lanes ``n [N]``, offsets ``en [BE, N]`` into an ``[E, N]`` tensor, and its rows of A."""
     pe = tl.program_id(1)
     e = pe * BE + tl.arange(0, BE)
     n = tl.arange(0, N)
     em = e < E
     en = e[:, None] * N + n[None, :]
+    return pe, e, n, em, en, tl.load(a_ptr + en, mask=em[:, None], other=0.0)
+
+
+@triton.jit
+def _frame(x_ptr, dt_ptr, b_ptr, row, e, em, n, E, N: tl.constexpr):
+    """dt, x (channels e) and B (all lanes) of frame ``row`` = batch row * T + t."""
+    d = tl.load(dt_ptr + row * E + e, mask=em, other=0.0)
+    xv = tl.load(x_ptr + row * E + e, mask=em, other=0.0)
+    return d, xv, tl.load(b_ptr + row * N + n)
+
+
+@triton.jit
+def _scan_fwd(x_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, h0_ptr, y_ptr, hT_ptr, hs_ptr,
+              T, E, NC,
+              N: tl.constexpr, L: tl.constexpr, BE: tl.constexpr, HAS_H0: tl.constexpr):
+    pb = tl.program_id(0)
+    pe, e, n, em, en, a = _channel_block(a_ptr, E, N, BE)
     m2 = em[:, None]
-    a = tl.load(a_ptr + en, mask=m2, other=0.0)
     if HAS_H0:
         h = tl.load(h0_ptr + pb * E * N + en, mask=m2, other=0.0)
     else:
@@ -50,9 +65,7 @@ def _scan_fwd(x_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, h0_ptr, y_ptr, hT_ptr, hs_ptr,
         t_end = tl.minimum(c * L + L, T)
         for t in range(c * L, t_end):
             row = (pb * T + t)
-            d = tl.load(dt_ptr + row * E + e, mask=em, other=0.0)
-            xv = tl.load(x_ptr + row * E + e, mask=em, other=0.0)
-            bv = tl.load(b_ptr + row * N + n)
+            d, xv, bv = _frame(x_ptr, dt_ptr, b_ptr, row, e, em, n, E, N)
             cv = tl.load(c_ptr + row * N + n)
             h = tl.exp(d[:, None] * a) * h + (d * xv)[:, None] * bv[None, :]
             tl.store(y_ptr + row * E + e, tl.sum(h * cv[None, :], axis=1), mask=em)
@@ -65,13 +78,8 @@ def _scan_bwd(x_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, hs_ptr, gy_ptr, ghT_ptr, buf_p
               T, E, NC, NEB,
               N: tl.constexpr, L: tl.constexpr, BE: tl.constexpr):
     pb = tl.program_id(0)
-    pe = tl.program_id(1)
-    e = pe * BE + tl.arange(0, BE)
-    n = tl.arange(0, N)
-    em = e < E
-    en = e[:, None] * N + n[None, :]
+    pe, e, n, em, en, a = _channel_block(a_ptr, E, N, BE)
     m2 = em[:, None]
-    a = tl.load(a_ptr + en, mask=m2, other=0.0)
     dh = tl.load(ghT_ptr + pb * E * N + en, mask=m2, other=0.0)
     da = tl.zeros([BE, N], dtype=tl.float32)
     buf = buf_ptr + pb * (L + 1) * E * N  # this row's scratch: states h_{t0-1} .. h_{t0+L-1}
@@ -84,9 +92,7 @@ def _scan_bwd(x_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, hs_ptr, gy_ptr, ghT_ptr, buf_p
         tl.store(buf + en, h, mask=m2)
         for t in range(t0, t_end):
             row = (pb * T + t)
-            d = tl.load(dt_ptr + row * E + e, mask=em, other=0.0)
-            xv = tl.load(x_ptr + row * E + e, mask=em, other=0.0)
-            bv = tl.load(b_ptr + row * N + n)
+            d, xv, bv = _frame(x_ptr, dt_ptr, b_ptr, row, e, em, n, E, N)
             h = tl.exp(d[:, None] * a) * h + (d * xv)[:, None] * bv[None, :]
             tl.store(buf + (t - t0 + 1) * E * N + en, h, mask=m2)
         # 2. walk the chunk backwards carrying dL/dh_t
@@ -94,9 +100,7 @@ def _scan_bwd(x_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, hs_ptr, gy_ptr, ghT_ptr, buf_p
             t = t_end - 1 - (tt - t0)
             j = t - t0
             row = (pb * T + t)
-            d = tl.load(dt_ptr + row * E + e, mask=em, other=0.0)
-            xv = tl.load(x_ptr + row * E + e, mask=em, other=0.0)
-            bv = tl.load(b_ptr + row * N + n)
+            d, xv, bv = _frame(x_ptr, dt_ptr, b_ptr, row, e, em, n, E, N)
             cv = tl.load(c_ptr + row * N + n)
             gy = tl.load(gy_ptr + row * E + e, mask=em, other=0.0)
             h_t = tl.load(buf + (j + 1) * E * N + en, mask=m2, other=0.0)
