@@ -172,6 +172,17 @@ class _SelectiveScan(torch.autograd.Function):
         return (*g, None)
 
 
+def recurrence(x, dt, A, Bm, Cm, h0=None):
+    """The definition, one frame at a time in plain PyTorch ops (any dtype; run it in float64 as
+    the reference the kernels and ``mamba.selective_scan`` are checked against)."""
+    h = h0 if h0 is not None else x.new_zeros(x.shape[0], x.shape[2], A.shape[1])
+    ys = []
+    for t in range(x.shape[1]):
+        h = torch.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[:, :, None] * Bm[:, t, None, :]
+        ys.append((h * Cm[:, t, None, :]).sum(-1))
+    return torch.stack(ys, 1), h
+
+
 def selective_scan_triton(x, dt, A, Bm, Cm, h0=None, chunk: int = 64):
     """Drop-in for :func:`models.mamba.selective_scan` (``chunk``: frames between the states the
     forward keeps for the backward; any value gives the same result)."""

@@ -51,24 +51,13 @@ fn step_parity(model: &Path, steps: usize, kernels: Kernels) -> f32 {
     let pkg = ModelPackage::locate(model).unwrap();
     let mut a = Engine::load(&pkg.step, &opts(Kernels::Onnx), 3, 1).unwrap();
     let mut b = Engine::load(&pkg.step, &opts(kernels), 3, 1).unwrap();
-    let mut buf = vec![0.0; 160];
     let mut max = 0.0f32;
     for t in 0..steps {
         if t == 600 {
             a.reset_row(2).unwrap();
             b.reset_row(2).unwrap();
         }
-        for r in 0..3 {
-            hop_audio(t, r, &mut buf);
-            a.input_mut(r).copy_from_slice(&buf);
-            b.input_mut(r).copy_from_slice(&buf);
-        }
-        let adv = [true, t % 7 != 0, true];
-        a.run(&adv).unwrap();
-        b.run(&adv).unwrap();
-        for (r, _) in adv.iter().enumerate().filter(|(_, &on)| on) {
-            max = max.max(max_abs_diff(a.scores(r), b.scores(r)));
-        }
+        max = max.max(step_both(&mut a, &mut b, t, &[true, t % 7 != 0, true]));
     }
     max
 }
@@ -162,22 +151,16 @@ fn kernels_fused_without_a_fused_graph_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let step = dir.path().join("step.onnx");
     std::fs::copy(tiny_model().join("step.onnx"), &step).unwrap();
-    let e = Engine::load(&step, &opts(Kernels::Fused), 1, 1)
-        .err()
-        .expect("must fail");
-    let msg = format!("{e:#}");
-    assert!(
-        msg.contains("no fused graph") && msg.contains("step-fused.onnx"),
-        "{msg}"
-    );
-    let e = Engine::load(&step, &opts(Kernels::Layer), 1, 1)
-        .err()
-        .expect("must fail");
-    let msg = format!("{e:#}");
-    assert!(
-        msg.contains("no layer graph") && msg.contains("step-layer.onnx"),
-        "{msg}"
-    );
+    for (kernels, says, file) in [
+        (Kernels::Fused, "no fused graph", "step-fused.onnx"),
+        (Kernels::Layer, "no layer graph", "step-layer.onnx"),
+    ] {
+        let e = Engine::load(&step, &opts(kernels), 1, 1)
+            .err()
+            .expect("must fail");
+        let msg = format!("{e:#}");
+        assert!(msg.contains(says) && msg.contains(file), "{msg}");
+    }
     // auto falls back to the standard graph
     let e = Engine::load(&step, &opts(Kernels::Auto), 1, 1).unwrap();
     assert_eq!(e.info().num_labels(), 8);
@@ -246,24 +229,14 @@ fn auto_engine_switches_graphs_as_the_batch_grows() {
         auto.info().path.display()
     );
     let mut std = Engine::load(&pkg.step, &opts(Kernels::Onnx), 1, 1).unwrap();
-    let mut buf = vec![0.0; 160];
     let mut max = 0.0f32;
     for t in 0..400 {
         if t == 150 {
             auto.resize(3).unwrap();
             std.resize(3).unwrap();
         }
-        for r in 0..std.capacity() {
-            hop_audio(t, r, &mut buf);
-            auto.input_mut(r).copy_from_slice(&buf);
-            std.input_mut(r).copy_from_slice(&buf);
-        }
         let adv = vec![true; std.capacity()];
-        auto.run(&adv).unwrap();
-        std.run(&adv).unwrap();
-        for r in 0..std.capacity() {
-            max = max.max(max_abs_diff(auto.scores(r), std.scores(r)));
-        }
+        max = max.max(step_both(&mut auto, &mut std, t, &adv));
     }
     println!("auto (layer graph, then fused from 3 rows) vs standard: {max:e}");
     assert!(max <= 1e-5, "{max}");

@@ -66,16 +66,8 @@ fn gpu_matches_cpu_over_10000_frames() {
     let mut gpu = load(Device::Cuda, 1);
     assert_eq!(gpu.device(), Device::Cuda);
     let mut max = 0.0f32;
-    let mut buf = vec![0.0; 160];
     for t in 0..10_000 {
-        hop_audio(t, 0, &mut buf);
-        cpu.input_mut(0).copy_from_slice(&buf);
-        gpu.input_mut(0).copy_from_slice(&buf);
-        cpu.run(&[true]).unwrap();
-        gpu.run(&[true]).unwrap();
-        for (a, b) in cpu.scores(0).iter().zip(gpu.scores(0)) {
-            max = max.max((a - b).abs());
-        }
+        max = max.max(step_both(&mut cpu, &mut gpu, t, &[true]));
     }
     println!("GPU vs CPU max abs score difference over 10000 frames: {max:e}");
     assert!(max <= 1e-3, "{max}");
@@ -150,7 +142,6 @@ fn gpu_batch_growth_mid_stream_matches_cpu() {
     cs.join(&mut cpu, 0).unwrap();
     gs.join(&mut gpu, 0).unwrap();
     let mut max = 0.0f32;
-    let mut buf = vec![0.0; 160];
     for t in 0..300 {
         if t == 100 || t == 200 {
             for id in 1..(if t == 100 { 3 } else { 9 }) {
@@ -159,19 +150,8 @@ fn gpu_batch_growth_mid_stream_matches_cpu() {
             }
         }
         assert_eq!(cpu.capacity(), gpu.capacity());
-        for r in 0..cpu.capacity() {
-            hop_audio(t, r, &mut buf);
-            cpu.input_mut(r).copy_from_slice(&buf);
-            gpu.input_mut(r).copy_from_slice(&buf);
-        }
         let adv = vec![true; cpu.capacity()];
-        cpu.run(&adv).unwrap();
-        gpu.run(&adv).unwrap();
-        for r in 0..cpu.capacity() {
-            for (a, b) in cpu.scores(r).iter().zip(gpu.scores(r)) {
-                max = max.max((a - b).abs());
-            }
-        }
+        max = max.max(step_both(&mut cpu, &mut gpu, t, &adv));
     }
     assert_eq!(gpu.capacity(), 16);
     println!("batch growing 1 → 4 → 16 mid-stream, GPU vs CPU: max abs difference {max:e}");
@@ -189,23 +169,13 @@ fn gpu_growth_past_the_layer_graph_batch_matches_cpu() {
     let mut cpu = load(Device::Cpu, 16);
     let mut gpu = load(Device::Cuda, 16);
     let mut max = 0.0f32;
-    let mut buf = vec![0.0; 160];
     for t in 0..150 {
         if t == 60 {
             cpu.resize(big).unwrap();
             gpu.resize(big).unwrap();
         }
-        for r in 0..cpu.capacity() {
-            hop_audio(t, r, &mut buf);
-            cpu.input_mut(r).copy_from_slice(&buf);
-            gpu.input_mut(r).copy_from_slice(&buf);
-        }
         let adv = vec![true; cpu.capacity()];
-        cpu.run(&adv).unwrap();
-        gpu.run(&adv).unwrap();
-        for r in 0..cpu.capacity() {
-            max = max.max(max_abs_diff(cpu.scores(r), gpu.scores(r)));
-        }
+        max = max.max(step_both(&mut cpu, &mut gpu, t, &adv));
     }
     println!("batch growing 16 → {big} mid-stream (graph switch), GPU vs CPU: max abs difference {max:e}");
     assert!(max <= 1e-3, "{max}");

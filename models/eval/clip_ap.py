@@ -14,7 +14,6 @@ That is how the 1.2.0 fine-tunes were compared and picked (MODEL_CARD.md). A ran
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 
@@ -24,7 +23,7 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), 
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "models", "data"))
 
-MIN_CLIP_S = 1.0
+from models.eval.evaluate import MIN_CLIP_S, frame_ap  # noqa: E402
 
 
 def clip_scores(model, pool, idx):
@@ -44,15 +43,11 @@ def clip_scores(model, pool, idx):
 
 
 def clip_ap(model, pool, max_clips=0, seed=0):
-    from models.metrics import average_precision
     idx = np.arange(len(pool))
     if max_clips and len(idx) > max_clips:
         idx = np.sort(np.random.default_rng(seed).permutation(idx)[:max_clips])
-    S = clip_scores(model, pool, idx)
-    Y = pool.labels[idx] > 0
-    ap = {c: average_precision(Y[:, k], S[:, k]) for k, c in enumerate(pool.classes)}
-    vals = [v for v in ap.values() if not math.isnan(v)]
-    return {"n_clips": int(len(idx)), "ap": ap, "macro_ap": float(np.mean(vals)) if vals else float("nan")}
+    ap, macro = frame_ap(clip_scores(model, pool, idx), pool.labels[idx], pool.classes)
+    return {"n_clips": int(len(idx)), "ap": ap, "macro_ap": macro}
 
 
 def main(argv=None):

@@ -12,7 +12,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 from models.mamba import selective_scan  # noqa: E402
-from models.scan_triton import selective_scan_triton  # noqa: E402
+from models.scan_triton import recurrence, selective_scan_triton  # noqa: E402
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--device", default="cuda")
@@ -44,20 +44,12 @@ def run(fn, dtype):
     return [y.detach().double(), hT.detach().double()] + [t.grad.double() for t in leaves]
 
 
-def ref64(x, dt, A, Bm, Cm, h0):
-    h, ys = h0, []
-    for t in range(T):
-        h = torch.exp(dt[:, t, :, None] * A) * h + (dt[:, t] * x[:, t])[:, :, None] * Bm[:, t, None, :]
-        ys.append((h * Cm[:, t, None, :]).sum(-1))
-    return torch.stack(ys, 1), h
-
-
 def sync():
     if dev.type == "cuda":
         torch.cuda.synchronize()
 
 
-ref = run(ref64, torch.float64)
+ref = run(recurrence, torch.float64)
 names = ["y", "hT", "dx", "ddt", "dA", "dB", "dC", "dh0"]
 scans = (("triton", selective_scan_triton), ("torch", selective_scan))
 worst = {}

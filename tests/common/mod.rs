@@ -159,3 +159,26 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
 }
+
+/// One lock-step hop of two step engines with the same rows: every row gets `hop_audio(t, row)`,
+/// both run with `adv`, and the result is the largest score difference over the rows that
+/// advanced.
+pub fn step_both(
+    a: &mut mambatag::engine::Engine,
+    b: &mut mambatag::engine::Engine,
+    t: usize,
+    adv: &[bool],
+) -> f32 {
+    let mut buf = vec![0.0; 160];
+    for r in 0..adv.len() {
+        hop_audio(t, r, &mut buf);
+        a.input_mut(r).copy_from_slice(&buf);
+        b.input_mut(r).copy_from_slice(&buf);
+    }
+    a.run(adv).unwrap();
+    b.run(adv).unwrap();
+    (0..adv.len())
+        .filter(|&r| adv[r])
+        .map(|r| max_abs_diff(a.scores(r), b.scores(r)))
+        .fold(0.0, f32::max)
+}
