@@ -326,10 +326,11 @@ def main(argv=None):
                 carried = state is not None
                 with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
                     logits, state = model(x, logits=True, state=state, return_state=True)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), y[:, :logits.shape[1]])
+                lg, yt = logits.float(), y[:, :logits.shape[1]]
+                loss = F.binary_cross_entropy_with_logits(lg, yt)
                 lmp = None
                 if a.maxpool_w > 0:
-                    lmp = maxpool_bce(logits.float(), y[:, :logits.shape[1]], seg)
+                    lmp = maxpool_bce(lg, yt, seg)
                     loss = loss + a.maxpool_w * lmp
                 lc = None
                 if carried and (a.consist_w > 0 or a.fresh_bce_w > 0):
@@ -347,7 +348,7 @@ def main(argv=None):
                     if a.maxpool_w > 0:
                         loss = loss + a.maxpool_w * maxpool_bce(lf, y[:, :W], seg)
                     if a.consist_w > 0:
-                        lc = (torch.sigmoid(logits[:, k0:W].float()) - torch.sigmoid(lf[:, k0:W])).abs().mean()
+                        lc = (torch.sigmoid(lg[:, k0:W]) - torch.sigmoid(lf[:, k0:W])).abs().mean()
                         loss = loss + a.consist_w * lc
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
