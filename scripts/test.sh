@@ -9,4 +9,6 @@ cargo clippy --all-targets -- -D warnings
 # build without microphone capture (no ALSA) that GPU servers use
 cargo clippy --all-targets --no-default-features --features cuda --target-dir target/cuda -- -D warnings
 cargo test
+# the unit tests of the CUDA-only code (launch geometry), which need no GPU
+cargo test --no-default-features --features cuda --target-dir target/cuda --lib
 python3 -m pytest -q models/tests

@@ -143,9 +143,11 @@ enum Entry {
     Mix4,
     Out1,
     Out8,
+    /// The log-mel kernel's window and twiddle tables, once per module.
+    Tables,
 }
 
-const ENTRY_POINTS: [&std::ffi::CStr; 9] = [
+const ENTRY_POINTS: [&std::ffi::CStr; 10] = [
     c"mamba_conv",
     c"mamba_ssm",
     c"mamba_logmel",
@@ -155,7 +157,24 @@ const ENTRY_POINTS: [&std::ffi::CStr; 9] = [
     c"layer_mix4",
     c"layer_out1",
     c"layer_out8",
+    c"mamba_tables",
 ];
+
+/// Hops per shared-memory group of `mamba_ssm` (kernels.cu's `SSM_HOPS`).
+const SSM_HOPS: usize = 16;
+
+/// How `mamba_logmel` splits `b` rows of `t` frames over blocks of 256 threads: `(F, G)`, F
+/// frames per block and G band groups per frame. Many frames: up to 32 frames per block (the
+/// block's set-up, window and twiddle tables and the filterbank's nonzero ranges, is then paid
+/// once per 32 frames) while there are still 4 blocks per SM. Fewer frames than SMs: one frame
+/// per block and 8 band groups (at most one per band), so that several SMs share each frame's filterbank sums.
+fn logmel_split(b: usize, t: usize, bands: usize, sms: usize) -> (usize, usize) {
+    let frames = b * t;
+    if frames < sms {
+        return (1, 8.min(bands).max(1));
+    }
+    (t.min(32).min(frames / (4 * sms)).max(1), 1)
+}
 
 /// Threads per block of the layer kernels, and their column tiles (`IN_COLS`, `OUT_COLS`).
 const LAYER_THREADS: u32 = 256;
@@ -169,7 +188,7 @@ const ATTR_SM_COUNT: c_int = 16;
 /// The loaded PTX module of one device: its context and the kernels, indexed by [`Which`].
 struct Module {
     ctx: CuContext,
-    functions: [CuFunction; 9],
+    functions: [CuFunction; 10],
     /// Streaming multiprocessors of the device.
     sms: usize,
 }
@@ -188,6 +207,20 @@ fn module(device_id: i32) -> ort::Result<Arc<Module>> {
         return Ok(m.clone());
     }
     let d = driver()?;
+    // Kernel development only: MAMBATAG_PTX=FILE loads that PTX (same entry points and
+    // parameters) instead of the embedded one, so that variants can be timed with one binary.
+    let ptx = match std::env::var_os("MAMBATAG_PTX") {
+        Some(f) => std::ffi::CString::new(std::fs::read(&f).map_err(|e| {
+            err(format!(
+                "MAMBATAG_PTX {}: {e}",
+                std::path::Path::new(&f).display()
+            ))
+        })?)
+        .map_err(|_| err("MAMBATAG_PTX: the file holds a NUL byte".to_string()))?,
+        None => CStr::from_bytes_with_nul(PTX.as_bytes())
+            .expect("the embedded PTX ends with its only NUL")
+            .to_owned(),
+    };
     // SAFETY: plain driver-API calls with valid out-pointers; the PTX is NUL-terminated.
     let m = unsafe {
         d.check((d.init)(0), "cuInit")?;
@@ -202,7 +235,7 @@ fn module(device_id: i32) -> ort::Result<Arc<Module>> {
         d.check((d.ctx_set_current)(ctx), "cuCtxSetCurrent")?;
         let mut module: CuModule = std::ptr::null_mut();
         d.check(
-            (d.module_load_data)(&mut module, PTX.as_ptr().cast()),
+            (d.module_load_data)(&mut module, ptx.as_ptr().cast()),
             "cuModuleLoadData (fused Mamba kernels)",
         )?;
         let mut sms: c_int = 0;
@@ -210,13 +243,35 @@ fn module(device_id: i32) -> ort::Result<Arc<Module>> {
             (d.device_attribute)(&mut sms, ATTR_SM_COUNT, dev),
             "cuDeviceGetAttribute",
         )?;
-        let mut functions = [std::ptr::null_mut(); 9];
+        let mut functions = [std::ptr::null_mut(); 10];
         for (f, name) in functions.iter_mut().zip(ENTRY_POINTS) {
             d.check(
                 (d.module_get_function)(f, module, name.as_ptr()),
                 &format!("cuModuleGetFunction {}", name.to_string_lossy()),
             )?;
         }
+        // the constant tables of `mamba_logmel` (window, FFT twiddles), before any session runs
+        let mut none: [*mut c_void; 0] = [];
+        d.check(
+            (d.launch)(
+                functions[Entry::Tables as usize],
+                1,
+                1,
+                1,
+                512,
+                1,
+                1,
+                0,
+                std::ptr::null_mut(),
+                none.as_mut_ptr(),
+                std::ptr::null_mut(),
+            ),
+            "cuLaunchKernel mamba_tables",
+        )?;
+        d.check(
+            (d.stream_sync)(std::ptr::null_mut()),
+            "cuStreamSynchronize (mamba_tables)",
+        )?;
         Arc::new(Module {
             ctx,
             functions,
@@ -432,7 +487,8 @@ impl Kernel for CudaKernel {
                 }
                 let p = pointers(ctx, ins, &[dm.out(), dm.state()])?;
                 let grid = (dm.e.div_ceil(THREADS as usize), dm.b);
-                let shared = (dm.r + 2 * dm.n) * 4;
+                // kernels.cu's SSM_HOPS hops of dbc rows, and x and z per thread
+                let shared = SSM_HOPS * (dm.r + 2 * dm.n + 2 * THREADS as usize) * 4;
                 let sizes = [dm.t, dm.e, dm.n, dm.r];
                 launch(ctx, m, Entry::Ssm, grid, THREADS, shared, p, &sizes)
             }
@@ -443,19 +499,16 @@ impl Kernel for CudaKernel {
                     return Err(err(format!("MambaLogMel (CUDA): {} mel bands > 256", d.m)));
                 }
                 let p = pointers(ctx, ins, &[d.out()])?;
-                // one block of 256 threads per frame and band group (the FFT does 256
-                // butterflies per stage); 8 band groups when there are fewer frames than SMs,
-                // so that several SMs share the filterbank reads
-                let groups = if d.b * d.t < m.sms { 8.min(d.m) } else { 1 };
+                let (frames, groups) = logmel_split(d.b, d.t, d.m, m.sms);
                 launch(
                     ctx,
                     m,
                     Entry::LogMel,
-                    (d.t * groups, d.b),
+                    (d.t.div_ceil(frames) * groups, d.b),
                     256,
                     0,
                     p,
-                    &[d.t, d.s, d.m, groups],
+                    &[d.t, d.s, d.m, groups, frames],
                 )
             }
             Which::Layer => {
@@ -639,5 +692,37 @@ impl Drop for Stream {
                 unsafe { (d.stream_destroy)(self.raw) };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::logmel_split;
+
+    /// Every frame of every row is covered exactly once, and the split follows the rules the
+    /// kernel's comment states (the kernel itself runs in the GPU suite, tests/gpu.rs).
+    #[test]
+    fn logmel_split_covers_every_frame_once() {
+        let sms = 132;
+        for &(b, t) in &[
+            (1, 1),
+            (16, 1),
+            (131, 1),
+            (132, 1),
+            (16_384, 1),
+            (1, 250),
+            (4, 250),
+        ] {
+            let (f, g) = logmel_split(b, t, 64, sms);
+            assert!(f >= 1 && f <= t.max(1), "b {b} t {t}: F {f}");
+            assert!(t.div_ceil(f) * f >= t && (t.div_ceil(f) - 1) * f < t);
+            assert_eq!(g, if b * t < sms { 8 } else { 1 }, "b {b} t {t}");
+        }
+        // the offline shape: the longest groups, and still 4 blocks per SM
+        assert_eq!(logmel_split(4096, 1000, 64, sms), (32, 1));
+        let (f, _) = logmel_split(64, 250, 64, sms);
+        assert!(64 * 250usize.div_ceil(f) >= 4 * sms, "F {f}");
+        // a filterbank with fewer than 8 bands gets one group per band
+        assert_eq!(logmel_split(1, 1, 3, sms), (1, 3));
     }
 }

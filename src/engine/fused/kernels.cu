@@ -70,18 +70,39 @@ extern "C" __global__ void mamba_conv(const float* __restrict__ xz, const float*
 //   out  = (y + D * x) * SiLU(z)
 //   xc [B, T, E], xz [B, T, 2E] (z = channels [E, 2E)), dbc [B, T, R + 2N] (dt_low, B, C),
 //   dt_w [R, E], dt_b [E], A [N, E], D [E], h0 [B, N, E]  ->  out [B, T, E], hT [B, N, E]
-// grid (ceil(E / blockDim.x), B), dynamic shared memory (R + 2N) floats
+// The hops are taken SSM_HOPS at a time: the block first loads the group's dbc rows (one
+// contiguous run) and each thread its x and z for all of the group's hops, all loads in flight
+// at once, then walks the group from shared memory (one barrier pair per group). The arithmetic
+// per hop is that of the per-hop version, so are the results. (Also measured, 2026-11-29, and
+// left out: computing the group's dt first, and exp2 with A pre-scaled by log2 e; no faster on
+// the chunk graph and 8-20 % slower on the step graph at 1,024-10,240 streams.)
+// grid (ceil(E / blockDim.x), B), dynamic shared memory 4 SSM_HOPS (R + 2N + 2 blockDim.x) bytes
+#define SSM_HOPS 16
+__device__ __forceinline__ float ssm_dt(const float* row, const float* dw, float bias, int R) {
+    float s = 0.0f;
+#pragma unroll
+    for (int r = 0; r < MAX_R; r++) {  // (a uniform exit: no issue slots for r >= R)
+        if (r >= R) break;
+        s += row[r] * dw[r];
+    }
+    s += bias;
+    return fmaxf(s, 0.0f) + logf(1.0f + expf(-fabsf(s)));
+}
 extern "C" __global__ void mamba_ssm(const float* __restrict__ xc, const float* __restrict__ xz,
                                      const float* __restrict__ dbc, const float* __restrict__ dt_w,
                                      const float* __restrict__ dt_b, const float* __restrict__ A,
                                      const float* __restrict__ D, const float* __restrict__ h0,
                                      float* __restrict__ out, float* __restrict__ hT,
                                      int T, int E, int N, int R) {
-    extern __shared__ float row[];  // dbc of the current hop
-    const int e = blockIdx.x * blockDim.x + threadIdx.x;
+    extern __shared__ float smem[];
+    const int W = R + 2 * N;
+    const int bd = blockDim.x, tid = threadIdx.x;
+    float* rows = smem;                 // [SSM_HOPS][W]    dbc of the group's hops
+    float* xs = smem + SSM_HOPS * W;    // [SSM_HOPS][bd]   x
+    float* zs = xs + SSM_HOPS * bd;     // [SSM_HOPS][bd]   z
+    const int e = blockIdx.x * bd + tid;
     const long b = blockIdx.y;
     const bool live = e < E;
-    const int W = R + 2 * N;
     float h[MAX_N], a[MAX_N], dw[MAX_R];
     float bias = 0.0f, d = 0.0f;
     if (live) {
@@ -95,31 +116,38 @@ extern "C" __global__ void mamba_ssm(const float* __restrict__ xc, const float* 
         bias = dt_b[e];
         d = D[e];
     }
-    for (int t = 0; t < T; t++) {
-        __syncthreads();
-        for (int i = threadIdx.x; i < W; i += blockDim.x) row[i] = dbc[(b * T + t) * W + i];
+    for (int t0 = 0; t0 < T; t0 += SSM_HOPS) {
+        const int hops = min(SSM_HOPS, T - t0);
+        __syncthreads();  // the previous group's rows are no longer read
+        const float* src = dbc + (b * T + t0) * W;
+        for (int i = tid; i < hops * W; i += bd) rows[i] = src[i];
+        if (live) {
+#pragma unroll
+            for (int j = 0; j < SSM_HOPS; j++) {
+                if (j < hops) {
+                    const long ix = (b * T + t0 + j) * E + e;
+                    xs[j * bd + tid] = xc[ix];
+                    zs[j * bd + tid] = xz[(b * T + t0 + j) * 2 * E + E + e];
+                }
+            }
+        }
         __syncthreads();
         if (!live) continue;
-        float s = 0.0f;
+        for (int j = 0; j < hops; j++) {
+            const float* row = rows + j * W;
+            const float dt = ssm_dt(row, dw, bias, R);
+            const float x = xs[j * bd + tid];
+            const float dtx = dt * x;
+            float y = 0.0f;
 #pragma unroll
-        for (int r = 0; r < MAX_R; r++) {
-            if (r < R) s += row[r] * dw[r];
-        }
-        s += bias;
-        const float dt = fmaxf(s, 0.0f) + logf(1.0f + expf(-fabsf(s)));
-        const long ix = (b * T + t) * E + e;
-        const float x = xc[ix];
-        const float dtx = dt * x;
-        float y = 0.0f;
-#pragma unroll
-        for (int n = 0; n < MAX_N; n++) {
-            if (n < N) {
+            for (int n = 0; n < MAX_N; n++) {
+                if (n >= N) break;
                 h[n] = expf(dt * a[n]) * h[n] + row[R + n] * dtx;
                 y += row[R + N + n] * h[n];
             }
+            const float z = zs[j * bd + tid];
+            out[(b * T + t0 + j) * E + e] = (y + x * d) * (z * sigmoidf_(z));
         }
-        const float z = xz[(b * T + t) * 2 * E + E + e];
-        out[ix] = (y + x * d) * (z * sigmoidf_(z));
     }
     if (live) {
 #pragma unroll
@@ -133,81 +161,121 @@ extern "C" __global__ void mamba_ssm(const float* __restrict__ xc, const float* 
 //   audio [B, S] with S = 240 + T * 160 (the carried history, then the new hops)
 //   mel   [257, M] float64 mel filterbank (M <= 256)
 //   out   [B, T, M] float32: ln(mel^T |DFT512(hann400 * frame_t)|^2 + 1e-6)
-// frame t = audio[b, t*160 : t*160 + 400]. One block of 256 threads per (t, g, b): the frame is
-// windowed into shared memory in bit-reversed order and transformed by a radix-2 complex FFT
-// (twiddles from a table made once per block); block g then computes bands [g*mb, (g+1)*mb) of
-// the M, mb = ceil(M / G). The host picks G > 1 when there are few frames, so that the
-// filterbank (257 x M doubles) is read by several SMs at once. Each band sums its bins in
-// MEL_PARTS fixed ranges, added in order, so the result does not depend on G.
-// grid (T * G, B), block 256
+// frame t = audio[b, t*160 : t*160 + 400]. One block of 256 threads per (F frames, g, b).
+// The Hann window and the FFT twiddles are tables made once per module (`mamba_tables`, launched
+// when the module is loaded); a block copies them to shared memory, and finds for each of its
+// bands the range [lo, hi) of bins with a nonzero weight (a mel filterbank is triangles: a band
+// then reads ~10 weights instead of all 257). Its frames are transformed two at a time: frame t
+// as the real part and frame t+1 as the imaginary part of one 512-point complex FFT (radix 2, in
+// shared memory, ping-ponging between two buffers so that a stage needs one barrier), whose
+// spectrum Z splits into the two real spectra by symmetry:
+//   |X_t[k]|^2 = ((Zr[k] + Zr[-k])^2 + (Zi[k] - Zi[-k])^2) / 4
+//   |X_t+1[k]|^2 = ((Zi[k] + Zi[-k])^2 + (Zr[k] - Zr[-k])^2) / 4.
+// The block computes bands [g*mb, (g+1)*mb) of the M, mb = ceil(M / G). The host picks F > 1
+// when there are many frames (the set-up is then paid once per F frames) and G > 1 when there
+// are few (several SMs share the work of one frame). Each band sums its bins in MEL_PARTS fixed
+// ranges of MEL_BINS, added in order; the bins outside [lo, hi) have weight 0 and would add exact
+// zeros, so skipping them changes nothing and the result depends on neither F nor G.
+// grid (ceil(T / F) * G, B), block 256
 #define MEL_PARTS 8
 #define MEL_BINS 33  // MEL_PARTS * MEL_BINS >= 257
+__device__ double g_hann[400];
+__device__ double g_tc[512];  // tw[half + j] = exp(-pi i j / half), j < half: the stage of span
+__device__ double g_ts[512];  // `half` reads [half, 2 half), consecutive words for consecutive j
+
+// The window and twiddle tables; one block of 512 threads, once per module load.
+extern "C" __global__ void mamba_tables() {
+    const int k = threadIdx.x;
+    if (k < 400) g_hann[k] = 0.5 - 0.5 * cospi((double)k / 200.0);
+    if (k >= 1 && k < 512) {
+        const int half = 1 << (31 - __clz(k)), j = k - half;
+        sincospi(-(double)j / (double)half, &g_ts[k], &g_tc[k]);
+    }
+}
+
 extern "C" __global__ void mamba_logmel(const float* __restrict__ audio, const double* __restrict__ mel,
-                                        float* __restrict__ out, int T, int S, int M, int G) {
-    __shared__ double re[512];
-    __shared__ double im[512];
-    __shared__ double tc[256];
-    __shared__ double ts[256];
-    __shared__ double part[MEL_PARTS][256];
-    const int t = blockIdx.x / G, g = blockIdx.x % G;
+                                        float* __restrict__ out, int T, int S, int M, int G, int F) {
+    __shared__ double re2[2][512];
+    __shared__ double im2[2][512];
+    __shared__ double pw[2][257];  // the power spectra of the pair
+    __shared__ double tc[512];
+    __shared__ double ts[512];
+    __shared__ double hann[400];
+    __shared__ int lo[256];
+    __shared__ int hi[256];
+    const int tb = blockIdx.x / G, g = blockIdx.x % G;
     const long b = blockIdx.y;
-    const float* x = audio + b * S + (long)t * 160;
-    for (int n = threadIdx.x; n < 512; n += blockDim.x) {
-        const int r = __brev(n) >> 23;  // 9-bit reversal
-        double v = 0.0;
-        if (n < 400) v = (double)x[n] * (0.5 - 0.5 * cospi((double)n / 200.0));
-        re[r] = v;
-        im[r] = 0.0;
+    const int mb = (M + G - 1) / G, m0 = g * mb, m1 = min(M, m0 + mb), nb = max(0, m1 - m0);
+    for (int n = threadIdx.x; n < 400; n += blockDim.x) hann[n] = g_hann[n];
+    for (int k = threadIdx.x; k < 512; k += blockDim.x) {
+        tc[k] = g_tc[k];
+        ts[k] = g_ts[k];
     }
-    // exp(-2 pi i k / 512) = exp(-pi i k / 256), k < 256
-    for (int k = threadIdx.x; k < 256; k += blockDim.x) sincospi(-(double)k / 256.0, &ts[k], &tc[k]);
-    __syncthreads();
-    for (int half = 1, step = 256; half < 512; half <<= 1, step >>= 1) {
-        const int i = threadIdx.x;  // one butterfly per thread: 256 per stage
-        const int j = i % half;
-        const int a = (i / half) * 2 * half + j;
-        const int c = a + half;
-        const double s = ts[j * step], co = tc[j * step];  // exp(-pi i j / half)
-        const double tr = re[c] * co - im[c] * s;
-        const double ti = re[c] * s + im[c] * co;
-        const double ar = re[a], ai = im[a];
-        __syncthreads();
-        re[a] = ar + tr;
-        im[a] = ai + ti;
-        re[c] = ar - tr;
-        im[c] = ai - ti;
-        __syncthreads();
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) {
+        lo[i] = 257;
+        hi[i] = 0;
     }
-    // power spectrum of bins 0..256 into re[]
-    for (int k = threadIdx.x; k < 257; k += blockDim.x) re[k] = re[k] * re[k] + im[k] * im[k];
     __syncthreads();
-    const int mb = (M + G - 1) / G, m0 = g * mb, m1 = min(M, m0 + mb);
-    // item (q, m): bins [MEL_BINS q, MEL_BINS (q + 1)) of band m0 + m, all loads in flight at once
-    for (int k = threadIdx.x; k < MEL_PARTS * mb; k += blockDim.x) {
-        const int q = k / mb, m = m0 + k % mb;
-        if (m < m1) {
-            double w[MEL_BINS];
-#pragma unroll
-            for (int u = 0; u < MEL_BINS; u++) {
-                const int kk = MEL_BINS * q + u;
-                w[u] = (kk < 257) ? mel[kk * M + m] : 0.0;
-            }
-            double acc = 0.0;
-#pragma unroll
-            for (int u = 0; u < MEL_BINS; u++) {
-                const int kk = MEL_BINS * q + u;
-                if (kk < 257) acc += re[kk] * w[u];
-            }
-            part[q][m - m0] = acc;
+    for (int i = threadIdx.x; i < 257 * nb; i += blockDim.x) {
+        const int k = i / nb, m = i % nb;
+        if (mel[k * M + m0 + m] != 0.0) {
+            atomicMin(&lo[m], k);
+            atomicMax(&hi[m], k + 1);
         }
     }
-    __syncthreads();
-    for (int m = m0 + threadIdx.x; m < m1; m += blockDim.x) {
-        const int i = m - m0;
-        double acc = 0.0;
-#pragma unroll
-        for (int q = 0; q < MEL_PARTS; q++) acc += part[q][i];
-        out[(b * T + t) * M + m] = (float)log(acc + 1e-6);
+    const int t1 = min(T, (tb + 1) * F);
+    for (int t = tb * F; t < t1; t += 2) {
+        const bool two = t + 1 < t1;
+        __syncthreads();  // set-up done / the previous pair's spectra read
+        const float* x = audio + b * S + (long)t * 160;
+        for (int n = threadIdx.x; n < 512; n += blockDim.x) {
+            const int r = __brev(n) >> 23;  // 9-bit reversal
+            re2[0][r] = (n < 400) ? (double)x[n] * hann[n] : 0.0;
+            im2[0][r] = (n < 400 && two) ? (double)x[n + 160] * hann[n] : 0.0;
+        }
+        __syncthreads();
+        int p = 0;
+        for (int half = 1; half < 512; half <<= 1, p ^= 1) {
+            const double* re = re2[p];
+            const double* im = im2[p];
+            const int i = threadIdx.x;  // one butterfly per thread: 256 per stage
+            const int j = i & (half - 1);
+            const int a = ((i - j) << 1) + j;
+            const int c = a + half;
+            const double s = ts[half + j], co = tc[half + j];  // exp(-pi i j / half)
+            const double tr = re[c] * co - im[c] * s;
+            const double ti = re[c] * s + im[c] * co;
+            const double ar = re[a], ai = im[a];
+            re2[p ^ 1][a] = ar + tr;
+            im2[p ^ 1][a] = ai + ti;
+            re2[p ^ 1][c] = ar - tr;
+            im2[p ^ 1][c] = ai - ti;
+            __syncthreads();
+        }
+        // 9 stages: Z is in buffer 1. Power spectra of bins 0..256 of both frames.
+        for (int k = threadIdx.x; k < 257; k += blockDim.x) {
+            const int q = (512 - k) & 511;
+            const double zr = re2[1][k], zi = im2[1][k], wr = re2[1][q], wi = im2[1][q];
+            pw[0][k] = ((zr + wr) * (zr + wr) + (zi - wi) * (zi - wi)) * 0.25;
+            pw[1][k] = ((zi + wi) * (zi + wi) + (zr - wr) * (zr - wr)) * 0.25;
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < (two ? 2 : 1) * nb; i += blockDim.x) {
+            const int f = i >= nb, m = m0 + i - f * nb;
+            const double* re = pw[f];
+            double acc = 0.0, part = 0.0;
+            int q = lo[m - m0] / MEL_BINS;
+            for (int k = lo[m - m0]; k < hi[m - m0]; k++) {
+                if (k / MEL_BINS != q) {  // the next fixed range: its partial sum starts at 0
+                    acc += part;
+                    part = 0.0;
+                    q = k / MEL_BINS;
+                }
+                part += re[k] * mel[k * M + m];
+            }
+            acc += part;
+            out[(b * T + t + f) * M + m] = (float)log(acc + 1e-6);
+        }
     }
 }
 
