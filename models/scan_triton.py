@@ -18,8 +18,8 @@ from the last: it recomputes a chunk's states from its entry state into a small 
 (a sum over rows and frames) per row.
 
 Status: checked against the PyTorch scan (float64) on the CPU with Triton's interpreter
-(``TRITON_INTERPRET=1``, ``models/tests/test_scan_triton.py``). Not yet timed on a GPU;
-``scripts/gpu/run-scan.sh`` checks and times it there. ``models/train.py --scan triton`` uses it.
+(``TRITON_INTERPRET=1``, ``models/tests/test_scan_triton.py``). H200, 2026-11-29 (``scripts/gpu/run-scan-train.sh``): forward+backward at B 32, T 3000, E 256, N 16 7.7 ms against the PyTorch scan's 57.3 ms (peak memory 2.8 vs 12.3 GiB), parity vs float64 1.1e-6; a training step 0.104 s instead of 0.40 s.
+``models/train.py`` uses it on CUDA (``--scan auto``, the default).
 """
 from __future__ import annotations
 

@@ -27,11 +27,21 @@ both runs. A clip's score is its max frame; the frame BCE lets the model fire a 
 for a wrong class in the first ~200 ms of a sound (an isolated speech syllable scored 0.97
 "animal" under 1.1.0) because those frames are few, and each such spike is a false positive at
 clip level.
+Feature masking (SpecAugment-style, off by default): ``--freq-mask F`` masks F random bands of
+width U{0..--freq-mask-width} (8) per row, ``--time-mask K`` K random spans of width
+U{0..--time-mask-frames} (20 = 200 ms) frames per row (a row is one ``--seconds`` scene), by
+setting the NORMALISED log-mel to 0 (the band's mean) there, in training steps only (never in the
+monitoring, threshold tuning or export). Targets are not changed. One mask is drawn per row and
+step (from its own generator seeded by ``--seed``) and the fresh-state consistency run gets the
+same mask over its frames, so masks cause no inconsistency between the two runs.
 ``--init WEIGHTS`` fine-tunes from a previous run (its front-end statistics are kept). AdamW (no decay on biases, norms, A_log, D), linear
 warm-up then cosine decay over the WALL-CLOCK budget ``--minutes`` (the step count adapts to the
 machine). bf16 autocast on CUDA (the selective scan itself runs in float32).
-``--scan triton`` runs the selective scan as the Triton kernels of ``models/scan_triton.py``
-(same maths and gradients; GPU speed not measured yet, ``scripts/gpu/run-scan.sh``).
+``--scan`` picks the selective scan: ``auto`` (default) runs the Triton kernels of
+``models/scan_triton.py`` on CUDA and PyTorch ops elsewhere; same maths and gradients. H200, 2026-11-29 (``scripts/gpu/run-scan-train.sh``): forward+backward at B 32, T 3000, E 256, N 16 7.7 ms against the PyTorch scan's 57.3 ms (peak memory 2.8 vs 12.3 GiB), parity vs float64 1.1e-6; a training step 0.104 s instead of 0.40 s.
+Feature masking was tried once (2026-11-29: 1,113 steps from the stage-4 weights, ``--freq-mask 2
+--time-mask 2``): validation scene frame mAP rose 0.399 → 0.458, but isolated-clip macro AP fell
+0.507 → 0.440 (train clips 0.867 → 0.560), so the default model does not use it.
 
 Outputs in --out: weights.safetensors (with front-end mean/std from the training scenes and the
 tuned thresholds in the metadata), thresholds.json, train_log.jsonl, train_summary.json.
@@ -176,6 +186,78 @@ def maxpool_bce(logits, y, seg_frames):
     return sum(losses) / len(losses) if losses else logits.new_zeros(())
 
 
+def draw_intervals(B, n, width, size, gen):
+    """``n`` random intervals ``[start, start + w)`` per row inside ``[0, size)``: ``w`` uniform in
+    ``{0..width}`` (clipped to ``size``), ``start`` uniform in ``{0..size - w}``. Drawn on the CPU
+    from ``gen`` (the same numbers on any device); returns int64 ``(start, w)``, ``[B, n]`` each."""
+    w = torch.randint(0, max(0, width) + 1, (B, n), generator=gen).clamp_(max=size)
+    u = torch.rand(B, n, generator=gen, dtype=torch.float64)
+    start = torch.minimum((u * (size - w + 1).double()).floor().long(), size - w)
+    return start, w
+
+
+def interval_mask(start, w, size, device):
+    """bool ``[B, size]``: True inside any of the row's intervals (``start, w [B, n]``)."""
+    i = torch.arange(size, device=device)
+    start, w = start.to(device), w.to(device)
+    return ((i >= start[..., None]) & (i < (start + w)[..., None])).any(1)
+
+
+def spec_mask(B, T, n_freq, freq_width, n_time, time_width, gen, device, n_mels=64):
+    """One training step's feature masks: bool ``[B, T, n_mels]`` (True: feature set to 0 in the
+    normalised space), the union of ``n_freq`` band masks and ``n_time`` frame masks per row; None
+    when both counts are 0 (nothing is drawn from ``gen`` then)."""
+    if n_freq <= 0 and n_time <= 0:
+        return None
+    fm = torch.zeros(B, n_mels, dtype=torch.bool, device=device)
+    tm = torch.zeros(B, T, dtype=torch.bool, device=device)
+    if n_freq > 0:
+        fm = interval_mask(*draw_intervals(B, n_freq, freq_width, n_mels, gen), n_mels, device)
+    if n_time > 0:
+        tm = interval_mask(*draw_intervals(B, n_time, time_width, T, gen), T, device)
+    return fm[:, None, :] | tm[:, :, None]
+
+
+def step_loss(model, x, y, state, a, seg, amp, fmask=None):
+    """Forward passes and loss of one training step on audio ``x [B, N]``, targets ``y``.
+
+    ``state`` is the carried state (None: fresh streams) and ``fmask`` the step's feature mask
+    (:func:`spec_mask`, or None); the fresh-state consistency run uses the same mask over its
+    frames. Returns ``(loss, new_state, consist, maxpool)`` (the last two None when off)."""
+    dev = x.device
+    carried = state is not None
+    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+        logits, state = model(x, logits=True, state=state, return_state=True, feature_mask=fmask)
+    lg, yt = logits.float(), y[:, :logits.shape[1]]
+    loss = F.binary_cross_entropy_with_logits(lg, yt)
+    lmp = None
+    if a.maxpool_w > 0:
+        lmp = maxpool_bce(lg, yt, seg)
+        loss = loss + a.maxpool_w * lmp
+    lc = None
+    if carried and (a.consist_w > 0 or a.fresh_bce_w > 0):
+        # Context consistency: the same first seconds from a zero state. Scores from
+        # `consist_skip` s on should not depend on what the stream heard before this
+        # step (the long-stream criterion: a probe matches a fresh-state run), and the
+        # fresh-state frames get their own BCE (every stream and clip starts fresh).
+        # Frame t of both runs is the same hop, so the fresh run takes the first W frames of
+        # the step's mask: the same bands and spans are masked in both.
+        W = min(logits.shape[1], int(a.consist_seconds * SR) // HOP)
+        k0 = min(W - 1, int(a.consist_skip * SR) // HOP)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
+            lf = model(x[:, :W * HOP], logits=True,
+                       feature_mask=None if fmask is None else fmask[:, :W])
+        lf = lf.float()
+        if a.fresh_bce_w > 0:
+            loss = loss + a.fresh_bce_w * F.binary_cross_entropy_with_logits(lf, y[:, :W])
+        if a.maxpool_w > 0:
+            loss = loss + a.maxpool_w * maxpool_bce(lf, y[:, :W], seg)
+        if a.consist_w > 0:
+            lc = (torch.sigmoid(lg[:, k0:W]) - torch.sigmoid(lf[:, k0:W])).abs().mean()
+            loss = loss + a.consist_w * lc
+    return loss, state, lc, lmp
+
+
 def _clean(o):
     """NaN -> None so the JSON outputs are strict JSON."""
     if isinstance(o, float) and math.isnan(o):
@@ -219,22 +301,35 @@ def main(argv=None):
     ap.add_argument("--maxpool-frames", default="100,300",
                     help="segment lengths (frames, comma-separated) of the max-pool loss; each must divide "
                          "the step's frames and the fresh window's")
+    ap.add_argument("--freq-mask", type=int, default=0,
+                    help="feature masking (training steps only): frequency masks per row, each of "
+                         "U{0..--freq-mask-width} mel bands set to 0 in the normalised space (0: off)")
+    ap.add_argument("--freq-mask-width", type=int, default=8, help="widest frequency mask (mel bands)")
+    ap.add_argument("--time-mask", type=int, default=0,
+                    help="feature masking (training steps only): time masks per row (one --seconds "
+                         "scene), each of U{0..--time-mask-frames} frames, all bands set to 0 (0: off)")
+    ap.add_argument("--time-mask-frames", type=int, default=20, help="widest time mask (frames of 10 ms)")
     ap.add_argument("--val-every", type=int, default=150)
     ap.add_argument("--val-scenes", type=int, default=48)
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing (less memory)")
-    ap.add_argument("--scan", choices=["torch", "triton"], default="torch",
-                    help="selective scan: PyTorch ops (default) or the Triton kernels of "
-                         "models/scan_triton.py (CUDA; on the CPU only under TRITON_INTERPRET=1)")
+    ap.add_argument("--scan", choices=["auto", "torch", "triton"], default="auto",
+                    help="selective scan: the Triton kernels of models/scan_triton.py (CUDA; on the CPU "
+                         "only under TRITON_INTERPRET=1; 3.8x faster training steps on an H200) or "
+                         "PyTorch ops; auto: Triton on CUDA, PyTorch elsewhere")
     ap.add_argument("--init", default="", help="start from these weights (fine-tune; keeps their front-end stats)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--amp", action="store_true", help="bf16 autocast also on CPU (testing)")
     ap.add_argument("--smoke", action="store_true", help="2 tiny steps on CPU with fake data")
     a = ap.parse_args(argv)
+    if min(a.freq_mask, a.freq_mask_width, a.time_mask, a.time_mask_frames) < 0:
+        ap.error("--freq-mask, --freq-mask-width, --time-mask, --time-mask-frames: give counts >= 0")
 
     t_start = time.time()
     os.makedirs(a.out, exist_ok=True)
     dev = torch.device("cuda" if torch.cuda.is_available() and not a.smoke else "cpu")
+    if a.scan == "auto":
+        a.scan = "triton" if dev.type == "cuda" else "torch"
     if a.scan == "triton" and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
         ap.error("--scan triton: needs a CUDA device (or TRITON_INTERPRET=1 to run Triton's "
                  "CPU interpreter, for tests)")
@@ -295,6 +390,9 @@ def main(argv=None):
     log({"event": "setup", "frontend_mean": [round(float(v), 2) for v in mean[::8]],
          "frontend_std": [round(float(v), 2) for v in std[::8]], "setup_s": round(time.time() - t_start, 1)})
 
+    # feature masks: their own CPU generator, so --seed reproduces them on any device and the
+    # other random streams (state resets, scenes) are the same with masking on or off
+    mask_gen = torch.Generator().manual_seed(a.seed + 11)
     seg = [int(v) for v in a.maxpool_frames.split(",") if v.strip()]
     if a.maxpool_w > 0 and (not seg or min(seg) < 1):
         ap.error(f"--maxpool-frames {a.maxpool_frames!r}: give positive frame counts, e.g. 100,300")
@@ -304,7 +402,9 @@ def main(argv=None):
     t0 = time.time()
     # the loop ends at --minutes, or earlier so that the whole run stays within --deadline-minutes
     budget = min(a.minutes * 60, a.deadline_minutes * 60 - (t0 - t_start) - 40)
-    log({"event": "train_start", "budget_s": round(budget, 1)})
+    masking = {"freq_mask": a.freq_mask, "freq_mask_width": a.freq_mask_width,
+               "time_mask": a.time_mask, "time_mask_frames": a.time_mask_frames}
+    log({"event": "train_start", "budget_s": round(budget, 1), "feature_masks": masking})
     state = None
     step = 0
     ema = None
@@ -323,33 +423,9 @@ def main(argv=None):
                 if state is not None:
                     keep = (torch.rand(x.shape[0], device=dev) >= a.reset_p).float()
                     state = {k: v.detach() * keep.view(-1, *([1] * (v.dim() - 1))).to(v.dtype) for k, v in state.items()}
-                carried = state is not None
-                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-                    logits, state = model(x, logits=True, state=state, return_state=True)
-                lg, yt = logits.float(), y[:, :logits.shape[1]]
-                loss = F.binary_cross_entropy_with_logits(lg, yt)
-                lmp = None
-                if a.maxpool_w > 0:
-                    lmp = maxpool_bce(lg, yt, seg)
-                    loss = loss + a.maxpool_w * lmp
-                lc = None
-                if carried and (a.consist_w > 0 or a.fresh_bce_w > 0):
-                    # Context consistency: the same first seconds from a zero state. Scores from
-                    # `consist_skip` s on should not depend on what the stream heard before this
-                    # step (the long-stream criterion: a probe matches a fresh-state run), and the
-                    # fresh-state frames get their own BCE (every stream and clip starts fresh).
-                    W = min(logits.shape[1], int(a.consist_seconds * SR) // HOP)
-                    k0 = min(W - 1, int(a.consist_skip * SR) // HOP)
-                    with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
-                        lf = model(x[:, :W * HOP], logits=True)
-                    lf = lf.float()
-                    if a.fresh_bce_w > 0:
-                        loss = loss + a.fresh_bce_w * F.binary_cross_entropy_with_logits(lf, y[:, :W])
-                    if a.maxpool_w > 0:
-                        loss = loss + a.maxpool_w * maxpool_bce(lf, y[:, :W], seg)
-                    if a.consist_w > 0:
-                        lc = (torch.sigmoid(lg[:, k0:W]) - torch.sigmoid(lf[:, k0:W])).abs().mean()
-                        loss = loss + a.consist_w * lc
+                fmask = spec_mask(x.shape[0], x.shape[1] // HOP, a.freq_mask, a.freq_mask_width,
+                                  a.time_mask, a.time_mask_frames, mask_gen, dev)
+                loss, state, lc, lmp = step_loss(model, x, y, state, a, seg, amp, fmask)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             except torch.cuda.OutOfMemoryError:
@@ -357,7 +433,7 @@ def main(argv=None):
                     raise
                 # first step does not fit: halve the batch and start over
                 del x, y
-                state = None
+                state = fmask = None
                 opt.zero_grad(set_to_none=True)
                 prod.close()
                 torch.cuda.empty_cache()
@@ -399,7 +475,7 @@ def main(argv=None):
         json.dump(th, f, indent=1)
     summary = {"steps": step, "train_s": round(train_s, 1), "total_s": round(time.time() - t_start, 1),
                "batch": a.batch, "seconds": a.seconds, "hours_of_scenes_seen": round(step * a.batch * a.seconds / 3600, 1),
-               "config": cfg.to_dict(), "scan": a.scan, "val_monitor": m, "thresholds": th,
+               "config": cfg.to_dict(), "scan": a.scan, "feature_masks": masking, "val_monitor": m, "thresholds": th,
                "train_minutes": tr_pool.minutes(), "val_minutes": va_pool.minutes(), "device": str(dev)}
     with open(os.path.join(a.out, "train_summary.json"), "w") as f:
         json.dump(_clean(summary), f, indent=1)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The Triton selective scan next to the PyTorch one: parity (y, h_T and all gradients, relative
-to the same recurrence in float64) and forward+backward time of each. Used by run-scan.sh on the
+to the same recurrence in float64) and forward+backward time of each. Used by run-scan-train.sh on the
 GPU; a CPU dry run: TRITON_INTERPRET=1 python3 scripts/gpu/scan_check.py --device cpu --B 2 --T 40 --E 32
 """
 import argparse
