@@ -22,7 +22,7 @@ PY
 LEFT=$(( BUDGET_S - ($(date +%s) - T0) ))
 MIN=$(python3 -c "print(round(($LEFT - 75) / 60, 2))")
 echo "== scan $SCAN, ${LEFT}s left, training ${MIN} min"
-INIT=${INIT:-models/weights/mambatag-default-1.2.0.safetensors}
+INIT=${INIT:-models/weights/mambatag-default-1.3.0.safetensors}
 python3 models/train.py --bundle .data/bundle --out /tmp/stage --minutes $MIN \
   --deadline-minutes $(python3 -c "print($MIN + 1.0)") --scan $SCAN \
   --init $INIT --lr ${LR:-5e-4} --warmup 30 --consist-w 3 --maxpool-w 0.5 --val-every 100000 \
