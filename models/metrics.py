@@ -23,18 +23,25 @@ def average_precision(y, s) -> float:
     return float((prec * gain).sum() / y.sum())
 
 
-def tune_thresholds_frames(s: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, float]:
+def tune_thresholds_frames(s: np.ndarray, y: np.ndarray, classes: list[str],
+                           f1_tolerance: float = 0.0) -> dict[str, float]:
     """Per class, the grid 0.1..0.9 (33 steps) threshold with the best frame F1, clamped to
-    [0.15, 0.85]. ``s``: scores [frames, C]; ``y``: targets [frames, C]."""
+    [0.15, 0.85]. ``s``: scores [frames, C]; ``y``: targets [frames, C].
+
+    ``f1_tolerance`` > 0 trades a little F1 for detection delay: the LOWEST grid threshold whose
+    frame F1 is at least ``(1 - f1_tolerance)`` times the best (a lower threshold is crossed
+    earlier in a rising score)."""
     th = {}
     grid = np.linspace(0.1, 0.9, 33)
     for k, c in enumerate(classes):
-        best, bt = -1, 0.5
+        f1s = []
         for t in grid:
             pr = s[:, k] >= t
             tp = (pr & (y[:, k] > 0)).sum()
-            f1 = 2 * tp / max(1, pr.sum() + (y[:, k] > 0).sum())
-            if f1 > best:
-                best, bt = f1, float(t)
-        th[c] = round(min(max(bt, 0.15), 0.85), 3)
+            f1s.append(2 * tp / max(1, pr.sum() + (y[:, k] > 0).sum()))
+        f1s = np.asarray(f1s, dtype=np.float64)
+        best = int(np.argmax(f1s))  # the first (lowest) of equal maxima, as before
+        if f1_tolerance > 0:
+            best = int(np.flatnonzero(f1s >= (1.0 - f1_tolerance) * f1s[best])[0])
+        th[c] = round(min(max(float(grid[best]), 0.15), 0.85), 3)
     return th

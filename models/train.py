@@ -129,15 +129,16 @@ def monitor(model, val_scenes, classes):
 
 
 @torch.no_grad()
-def tune_thresholds(model, scenes_list, classes):
-    """Per-class onset threshold maximising frame F1 on held-out TRAIN-pool scenes (never val)."""
+def tune_thresholds(model, scenes_list, classes, f1_tolerance=0.0):
+    """Per-class onset threshold maximising frame F1 on held-out TRAIN-pool scenes (never val);
+    ``f1_tolerance``: see ``metrics.tune_thresholds_frames``."""
     ys, ss = [], []
     for x, y, _ in scenes_list:
         ys.append(y.cpu().numpy().reshape(-1, len(classes)))
         ss.append(predict(model, x).cpu().numpy().reshape(-1, len(classes)))
     y = np.concatenate(ys)
     s = np.concatenate(ss)
-    return tune_thresholds_frames(s, y, classes)
+    return tune_thresholds_frames(s, y, classes, f1_tolerance)
 
 
 class Producer(threading.Thread):

@@ -3,7 +3,7 @@
 (per-class frame-F1 optimum on 48 eval-mode + 48 train-mode 30 s scenes from the TRAIN pool,
 seed 4321; never validation), on CPU. For runs whose own tuning used fewer scenes.
 
-    python3 models/eval/retune_thresholds.py WEIGHTS [--bundle .data/bundle] > thresholds.json
+    python3 models/eval/retune_thresholds.py WEIGHTS [--bundle .data/bundle] [--f1-tolerance 0.05] > thresholds.json
 """
 import argparse
 import json
@@ -27,6 +27,9 @@ def main():
     ap.add_argument("weights")
     ap.add_argument("--bundle", default=os.path.join(REPO, ".data", "bundle"))
     ap.add_argument("--val-scenes", type=int, default=48, help="as train.py --val-scenes")
+    ap.add_argument("--f1-tolerance", type=float, default=0.0,
+                    help="per class, the lowest threshold whose frame F1 is within this fraction of the "
+                         "best (earlier detection for a little F1; 0: the F1 optimum, train.py's rule)")
     a = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     model = MambaTagger.from_safetensors(a.weights)
@@ -38,7 +41,7 @@ def main():
     trng = np.random.default_rng(4321)
     thr = [mixer.generate(min(8, a.val_scenes), L, trng, mode="eval") for _ in range(nb)]
     thr += [mixer.generate(min(8, a.val_scenes), L, trng, mode="train") for _ in range(nb)]
-    th = train.tune_thresholds(model, thr, tr.classes)
+    th = train.tune_thresholds(model, thr, tr.classes, f1_tolerance=a.f1_tolerance)
     print(json.dumps(th))
 
 

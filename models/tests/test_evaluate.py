@@ -84,3 +84,19 @@ def test_average_precision_treats_ties_as_one_threshold():
     rng = np.random.default_rng(0)
     yy = rng.random(50) < 0.3
     assert ev.average_precision(yy, np.full(50, 0.7)) == pytest.approx(yy.mean())
+
+
+def test_threshold_f1_tolerance_picks_the_lowest_threshold_near_the_best_f1():
+    from models.metrics import tune_thresholds_frames
+    # One class, 100 positive frames. Scores: 90 positives at 0.8, 10 at 0.35; 21 negatives at
+    # 0.35 and 79 at 0.05. At t in (0.35, 0.8]: F1 = 2*90/(90+100) = 0.947 (the best); at
+    # t <= 0.35: 2*100/(121+100) = 0.905, i.e. 95.5 % of the best.
+    y = np.r_[np.ones(100), np.zeros(100)][:, None]
+    s = np.r_[np.full(90, 0.8), np.full(10, 0.35), np.full(21, 0.35), np.full(79, 0.05)][:, None]
+    best = tune_thresholds_frames(s, y, ["c"])["c"]
+    assert 0.35 < best <= 0.8, best
+    # within 5 %: the lowest threshold that still keeps F1 >= 0.95 * best, i.e. the 0.35 plateau
+    # (grid 0.1 .. 0.35; clamped up to 0.15)
+    assert tune_thresholds_frames(s, y, ["c"], f1_tolerance=0.05)["c"] == 0.15
+    # within 4 % it is not allowed: the F1-optimal threshold stays
+    assert tune_thresholds_frames(s, y, ["c"], f1_tolerance=0.04)["c"] == best
