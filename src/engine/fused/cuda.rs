@@ -167,7 +167,8 @@ const SSM_HOPS: usize = 16;
 /// frames per block and G band groups per frame. Many frames: up to 32 frames per block (the
 /// block's set-up, window and twiddle tables and the filterbank's nonzero ranges, is then paid
 /// once per 32 frames) while there are still 4 blocks per SM. Fewer frames than SMs: one frame
-/// per block and 8 band groups (at most one per band), so that several SMs share each frame's filterbank sums.
+/// per block and 8 band groups (at most one per band), so that several SMs share each frame's
+/// filterbank sums.
 fn logmel_split(b: usize, t: usize, bands: usize, sms: usize) -> (usize, usize) {
     let frames = b * t;
     if frames < sms {
@@ -218,7 +219,7 @@ fn module(device_id: i32) -> ort::Result<Arc<Module>> {
         })?)
         .map_err(|_| err("MAMBATAG_PTX: the file holds a NUL byte".to_string()))?,
         None => CStr::from_bytes_with_nul(PTX.as_bytes())
-            .expect("the embedded PTX ends with its only NUL")
+            .map_err(|e| err(format!("the embedded PTX: {e}")))?
             .to_owned(),
     };
     // SAFETY: plain driver-API calls with valid out-pointers; the PTX is NUL-terminated.
