@@ -81,7 +81,9 @@ extern "C" __global__ void mamba_conv(const float* __restrict__ xz, const float*
 __device__ __forceinline__ float ssm_dt(const float* row, const float* dw, float bias, int R) {
     float s = 0.0f;
 #pragma unroll
-    for (int r = 0; r < MAX_R; r++) {  // (a uniform exit: no issue slots for r >= R)
+    // (An early exit for r >= R. The former predicated loop measured 23.3 ms per chunk launch
+    // against 25.0 for this form, in different calls: worth an A/B, BENCHMARKS.md.)
+    for (int r = 0; r < MAX_R; r++) {
         if (r >= R) break;
         s += row[r] * dw[r];
     }
