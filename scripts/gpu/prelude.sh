@@ -31,3 +31,10 @@ cli_parity() {
     python3 scripts/gpu/cli-parity.py /tmp/cpu.jsonl /tmp/gpu_${spec%%:*}.jsonl
   done > $OUT/cli_parity.txt 2>&1
 }
+
+# chunk_benches: the offline numbers of BENCHMARKS.md (#6): the chunk graph, model only, FP32 at
+# the model's chunk length and TF32 at T = 1000 -> $OUT/chunk_fp32.txt, $OUT/chunk_tf32.txt
+chunk_benches() {
+  timeout 60 $B/mambatag bench --device cuda --model $M --streams 1 --steps 400 --chunk-streams 1,1024,4096 > $OUT/chunk_fp32.txt 2>&1
+  timeout 90 $B/mambatag bench --device cuda --tf32 --model $M --streams 1 --steps 400 --chunk-streams 1024,4096,8192 --chunk-frames 1000 > $OUT/chunk_tf32.txt 2>&1
+}

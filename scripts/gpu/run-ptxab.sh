@@ -15,8 +15,6 @@ done
 unset MAMBATAG_PTX
 gpu_tests layer fused
 cli_parity "step_auto:--engine step --cuda-graph" "step_fused:--engine step --kernels fused" "chunk:" "chunk_tf32:--tf32"
-timeout 60 $B/mambatag bench --device cuda --model $M --streams 1 --steps 400 --chunk-streams 1,1024,4096 > $OUT/chunk_fp32.txt 2>&1
-timeout 90 $B/mambatag bench --device cuda --tf32 --model $M --streams 1 --steps 400 --chunk-streams 1024,4096,8192 --chunk-frames 1000 > $OUT/chunk_tf32.txt 2>&1
-grep -h "chunk graph\|^ *1024 \|^ *10240 " $OUT/ab_*.txt /dev/null | head -0
+chunk_benches
 for f in $OUT/ab_*.txt; do echo "== $f"; grep "chunk graph\|^ *1024 \|^ *10240 " $f; done
 tail -n 12 $OUT/gpu_tests_*.txt $OUT/cli_parity.txt $OUT/chunk_*.txt

@@ -1,28 +1,28 @@
 #!/usr/bin/env bash
-# One device call: one more fine-tuning stage of the default tagger with the Triton selective scan
-# (run-scan-train.sh without its scan check), by default with SpecAugment-style feature masking
-# (train.py --freq-mask/--time-mask) against the overfitting to the training sources.
-#   run: carry [".data/bundle", ".data/whl", ".data/r2"], command: bash scripts/gpu/run-stage.sh
-# Env: INIT (weights to continue from, default .data/r2/stage/weights.safetensors: git-ignored,
-# so carry .data/r2), LR (4e-4), SEED (6), EXTRA (more train.py args, word-split; default
-# "--freq-mask 2 --time-mask 2 --wd 0.05", 0.05 being train.py's default decay; EXTRA= gives a
-# control run without masking), BUDGET_S (the whole call, default 570). DRY=1 prints the
-# train.py command line and exits (runs anywhere).
+# One device call (#3): one more fine-tuning stage of the default tagger (train.py with the
+# default model's recipe: --maxpool-w 0.5 --consist-w 3, B 32 x 30 s), then its log and weights.
+#   run: carry [".data/bundle", ".data/whl"] (+ the INIT weights' folder when it is git-ignored),
+#   command: bash scripts/gpu/run-stage.sh
+# Env: INIT (weights to continue from; default the shipped model's), LR (5e-4), SEED (6), SCAN
+# (train.py --scan: auto), EXTRA (more train.py args, word-split, e.g. "--freq-mask 2 --time-mask
+# 2"), BUDGET_S (seconds left for this script, default 570), DRY=1 (print the train.py command
+# line and exit; runs anywhere). run-scan-train.sh calls it after its scan check.
 # Results: $OUT/train.log (train.py's output) and $OUT/stage.tar.gz (stage/: weights.safetensors,
 # thresholds.json, train_log.jsonl, train_summary.json).
 set -u
 T0=$(date +%s)
 BUDGET_S=${BUDGET_S:-570}
-INIT=${INIT:-.data/r2/stage/weights.safetensors}
-LR=${LR:-4e-4}
+INIT=${INIT:-models/weights/mambatag-default-1.3.0.safetensors}
+LR=${LR:-5e-4}
 SEED=${SEED:-6}
-EXTRA=${EXTRA---freq-mask 2 --time-mask 2 --wd 0.05}  # EXTRA= (set, empty): no extra args
+EXTRA=${EXTRA:-}
+SCAN=${SCAN:-auto}
 DRY=${DRY:-0}
 for f in "$INIT" .data/bundle; do
   [ -e "$f" ] || { echo "run-stage.sh: $f is missing (carry .data/bundle, .data/whl and the INIT weights' folder)"; exit 1; }
 done
 if [ "$DRY" != 1 ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .data/whl/*.whl || exit 1
+  [ -d /tmp/site ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .data/whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site
   nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 fi
@@ -32,7 +32,7 @@ MIN=$(python3 -c "print(round(($LEFT - 75) / 60, 2))")
 DEADLINE=$(python3 -c "print($MIN + 1.0)")
 # shellcheck disable=SC2206  # EXTRA is meant to be word-split
 CMD=(python3 models/train.py --bundle .data/bundle --out /tmp/stage --minutes "$MIN"
-  --deadline-minutes "$DEADLINE" --scan triton
+  --deadline-minutes "$DEADLINE" --scan "$SCAN"
   --init "$INIT" --lr "$LR" --warmup 30 --consist-w 3 --maxpool-w 0.5 --val-every 100000
   --val-scenes 16 --seed "$SEED" --batch 32 $EXTRA)
 echo "== ${LEFT}s left, training ${MIN} min: ${CMD[*]}"
