@@ -131,12 +131,21 @@ def test_step_loss_adds_exactly_the_new_terms():
         terms = {}
         loss = step_loss(m, x, y, m.init_state(B), a, [], False, soft=soft, distill_w=0.7, onset_w=2.0,
                          onset_frames=10, prev=prev, terms=terms)[0]
+    # the teacher only speaks where the hard label is off
+    off = (y <= 0.5).float()
     want = (F.binary_cross_entropy_with_logits(lg, y, weight=onset_weights(y, 10, 2.0, prev))
-            + 0.7 * F.binary_cross_entropy_with_logits(lg, soft)
+            + 0.7 * F.binary_cross_entropy_with_logits(lg, soft, weight=off)
             + 0.5 * (F.binary_cross_entropy_with_logits(lf, y[:, :Wf], weight=onset_weights(y[:, :Wf], 10, 2.0))
-                     + 0.7 * F.binary_cross_entropy_with_logits(lf, soft[:, :Wf])))
+                     + 0.7 * F.binary_cross_entropy_with_logits(lf, soft[:, :Wf], weight=off[:, :Wf])))
     assert torch.allclose(loss, want, rtol=1e-6, atol=0)
-    assert torch.allclose(terms["distill"], F.binary_cross_entropy_with_logits(lg, soft), rtol=1e-6, atol=0)
+    assert torch.allclose(terms["distill"], F.binary_cross_entropy_with_logits(lg, soft, weight=off), rtol=1e-6,
+                          atol=0)
+    # so a teacher disagreeing with a label (soft 0 where y is 1) changes nothing
+    soft2 = torch.where(y > 0.5, torch.zeros_like(soft), soft)
+    with torch.no_grad():
+        loss2 = step_loss(m, x, y, m.init_state(B), a, [], False, soft=soft2, distill_w=0.7, onset_w=2.0,
+                          onset_frames=10, prev=prev)[0]
+    assert torch.allclose(loss2, loss, rtol=1e-6, atol=0)
     # the onset weights make a difference here (row 0 class 2 continues from prev: no onset there)
     assert not torch.allclose(onset_weights(y, 10, 2.0, prev), onset_weights(y, 10, 2.0))
     with pytest.raises(ValueError, match="soft"):
