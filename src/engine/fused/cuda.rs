@@ -13,6 +13,8 @@ use ort::value::DynTensorValueType;
 use super::{err, gather, ConvDims, LayerDims, LogMelDims, SsmDims, F32, F64};
 
 const PTX: &str = concat!(include_str!("kernels.ptx"), "\0");
+/// Threads per block of the conv and scan kernels (kernels.cu compiles `mamba_ssm_r8n16` with
+/// `__launch_bounds__(128, ...)`: it cannot launch with more).
 const THREADS: u32 = 128;
 
 type CuResult = c_int;
@@ -145,9 +147,11 @@ enum Entry {
     Out8,
     /// The log-mel kernel's window and twiddle tables, once per module.
     Tables,
+    /// `mamba_ssm` compiled for dt_rank 8 and d_state 16 (the default model's shape).
+    SsmR8N16,
 }
 
-const ENTRY_POINTS: [&std::ffi::CStr; 10] = [
+const ENTRY_POINTS: [&std::ffi::CStr; 11] = [
     c"mamba_conv",
     c"mamba_ssm",
     c"mamba_logmel",
@@ -158,10 +162,19 @@ const ENTRY_POINTS: [&std::ffi::CStr; 10] = [
     c"layer_out1",
     c"layer_out8",
     c"mamba_tables",
+    c"mamba_ssm_r8n16",
 ];
 
 /// Hops per shared-memory group of `mamba_ssm` (kernels.cu's `SSM_HOPS`).
 const SSM_HOPS: usize = 16;
+
+/// Dynamic shared memory of a `mamba_ssm` block over `t` hops: kernels.cu's group of
+/// G = min(t, SSM_HOPS) hops holds G dbc rows (dt_rank + 2 d_state floats) and each thread's x
+/// and z for G hops. Sized by G, not SSM_HOPS, so that a one-hop step does not reserve 16 hops
+/// of shared memory per block (which would cap the resident blocks per SM).
+fn ssm_shared_bytes(t: usize, r: usize, n: usize) -> usize {
+    t.clamp(1, SSM_HOPS) * (r + 2 * n + 2 * THREADS as usize) * 4
+}
 
 /// How `mamba_logmel` splits `b` rows of `t` frames over blocks of 256 threads: `(F, G)`, F
 /// frames per block and G band groups per frame. Many frames: up to 32 frames per block (the
@@ -189,7 +202,7 @@ const ATTR_SM_COUNT: c_int = 16;
 /// The loaded PTX module of one device: its context and the kernels, indexed by [`Which`].
 struct Module {
     ctx: CuContext,
-    functions: [CuFunction; 10],
+    functions: [CuFunction; ENTRY_POINTS.len()],
     /// Streaming multiprocessors of the device.
     sms: usize,
 }
@@ -244,7 +257,7 @@ fn module(device_id: i32) -> ort::Result<Arc<Module>> {
             (d.device_attribute)(&mut sms, ATTR_SM_COUNT, dev),
             "cuDeviceGetAttribute",
         )?;
-        let mut functions = [std::ptr::null_mut(); 10];
+        let mut functions = [std::ptr::null_mut(); ENTRY_POINTS.len()];
         for (f, name) in functions.iter_mut().zip(ENTRY_POINTS) {
             d.check(
                 (d.module_get_function)(f, module, name.as_ptr()),
@@ -488,10 +501,14 @@ impl Kernel for CudaKernel {
                 }
                 let p = pointers(ctx, ins, &[dm.out(), dm.state()])?;
                 let grid = (dm.e.div_ceil(THREADS as usize), dm.b);
-                // kernels.cu's SSM_HOPS hops of dbc rows, and x and z per thread
-                let shared = SSM_HOPS * (dm.r + 2 * dm.n + 2 * THREADS as usize) * 4;
+                let shared = ssm_shared_bytes(dm.t, dm.r, dm.n);
+                let entry = if (dm.r, dm.n) == (8, 16) {
+                    Entry::SsmR8N16
+                } else {
+                    Entry::Ssm
+                };
                 let sizes = [dm.t, dm.e, dm.n, dm.r];
-                launch(ctx, m, Entry::Ssm, grid, THREADS, shared, p, &sizes)
+                launch(ctx, m, entry, grid, THREADS, shared, p, &sizes)
             }
             Which::LogMel => {
                 let (ins, shapes) = gather(ctx, "MambaLogMel", [F32, F64])?;
@@ -698,7 +715,21 @@ impl Drop for Stream {
 
 #[cfg(test)]
 mod tests {
-    use super::logmel_split;
+    use super::{logmel_split, ssm_shared_bytes, SHARED_LIMIT};
+
+    /// The scan's shared memory follows its hop group: one hop for a step, 16 for a chunk, and
+    /// stays under the no-opt-in limit for the largest shapes the launcher accepts (dt_rank 32,
+    /// d_state 16).
+    #[test]
+    fn ssm_shared_memory_follows_the_hop_group() {
+        let per_hop = (8 + 2 * 16 + 2 * 128) * 4;
+        assert_eq!(ssm_shared_bytes(1, 8, 16), per_hop);
+        assert_eq!(ssm_shared_bytes(5, 8, 16), 5 * per_hop);
+        assert_eq!(ssm_shared_bytes(16, 8, 16), 16 * per_hop);
+        assert_eq!(ssm_shared_bytes(1000, 8, 16), 16 * per_hop);
+        assert_eq!(ssm_shared_bytes(0, 8, 16), per_hop);
+        assert!(ssm_shared_bytes(usize::MAX, 32, 16) <= SHARED_LIMIT);
+    }
 
     /// Every frame of every row is covered exactly once, and the split follows the rules the
     /// kernel's comment states (the kernel itself runs in the GPU suite, tests/gpu.rs).

@@ -76,50 +76,69 @@ extern "C" __global__ void mamba_conv(const float* __restrict__ xz, const float*
 // per hop is that of the per-hop version, so are the results. (Also measured, 2026-11-29, and
 // left out: computing the group's dt first, and exp2 with A pre-scaled by log2 e; no faster on
 // the chunk graph and 8-20 % slower on the step graph at 1,024-10,240 streams.)
-// grid (ceil(E / blockDim.x), B), dynamic shared memory 4 SSM_HOPS (R + 2N + 2 blockDim.x) bytes
+// grid (ceil(E / blockDim.x), B), dynamic shared memory 4 G (R + 2N + 2 blockDim.x) bytes with
+// G = min(T, SSM_HOPS). (-DSSM_PREDICATED builds the loops over r < R and n < N as predicated
+// iterations instead of early exits, for A/B timing.)
 #define SSM_HOPS 16
+// The body is a template over dt_rank and d_state: 0 means "given at run time, at most MAX_R /
+// MAX_N" (`mamba_ssm`); the default model's shape (R 8, N 16) has its own entry point,
+// `mamba_ssm_r8n16`, whose loops unroll fully and whose dt_proj row takes 8 registers instead of
+// MAX_R = 32 (more resident warps). Same arithmetic in the same order either way.
+// A block walks its hops in groups of G = min(T, SSM_HOPS), and the host gives it shared memory
+// for G hops: a one-hop step (T = 1) asks for 1/16 of what a chunk does, so shared memory does
+// not limit the resident blocks there.
+template <int RC>
 __device__ __forceinline__ float ssm_dt(const float* row, const float* dw, float bias, int R) {
+    constexpr int RR = RC ? RC : MAX_R;
     float s = 0.0f;
 #pragma unroll
-    // (An early exit for r >= R. The former predicated loop measured 23.3 ms per chunk launch
-    // against 25.0 for this form, in different calls: worth an A/B, BENCHMARKS.md.)
-    for (int r = 0; r < MAX_R; r++) {
+    for (int r = 0; r < RR; r++) {
+#ifdef SSM_PREDICATED
+        if (r < R) s += row[r] * dw[r];
+#else
         if (r >= R) break;
         s += row[r] * dw[r];
+#endif
     }
     s += bias;
     return fmaxf(s, 0.0f) + logf(1.0f + expf(-fabsf(s)));
 }
-extern "C" __global__ void mamba_ssm(const float* __restrict__ xc, const float* __restrict__ xz,
-                                     const float* __restrict__ dbc, const float* __restrict__ dt_w,
-                                     const float* __restrict__ dt_b, const float* __restrict__ A,
-                                     const float* __restrict__ D, const float* __restrict__ h0,
-                                     float* __restrict__ out, float* __restrict__ hT,
-                                     int T, int E, int N, int R) {
+
+template <int RC, int NC>
+__device__ __forceinline__ void ssm_body(const float* __restrict__ xc, const float* __restrict__ xz,
+                                         const float* __restrict__ dbc, const float* __restrict__ dt_w,
+                                         const float* __restrict__ dt_b, const float* __restrict__ A,
+                                         const float* __restrict__ D, const float* __restrict__ h0,
+                                         float* __restrict__ out, float* __restrict__ hT,
+                                         int T, int E, int Nrt, int Rrt) {
+    constexpr int NR = NC ? NC : MAX_N;
+    constexpr int RR = RC ? RC : MAX_R;
+    const int N = NC ? NC : Nrt, R = RC ? RC : Rrt;
     extern __shared__ float smem[];
     const int W = R + 2 * N;
+    const int G = min(T, SSM_HOPS);
     const int bd = blockDim.x, tid = threadIdx.x;
-    float* rows = smem;                 // [SSM_HOPS][W]    dbc of the group's hops
-    float* xs = smem + SSM_HOPS * W;    // [SSM_HOPS][bd]   x
-    float* zs = xs + SSM_HOPS * bd;     // [SSM_HOPS][bd]   z
+    float* rows = smem;           // [G][W]    dbc of the group's hops
+    float* xs = smem + G * W;     // [G][bd]   x
+    float* zs = xs + G * bd;      // [G][bd]   z
     const int e = blockIdx.x * bd + tid;
     const long b = blockIdx.y;
     const bool live = e < E;
-    float h[MAX_N], a[MAX_N], dw[MAX_R];
+    float h[NR], a[NR], dw[RR];
     float bias = 0.0f, d = 0.0f;
     if (live) {
 #pragma unroll
-        for (int n = 0; n < MAX_N; n++) {
+        for (int n = 0; n < NR; n++) {
             h[n] = (n < N) ? h0[(b * N + n) * E + e] : 0.0f;
             a[n] = (n < N) ? A[n * E + e] : 0.0f;
         }
 #pragma unroll
-        for (int r = 0; r < MAX_R; r++) dw[r] = (r < R) ? dt_w[r * E + e] : 0.0f;
+        for (int r = 0; r < RR; r++) dw[r] = (r < R) ? dt_w[r * E + e] : 0.0f;
         bias = dt_b[e];
         d = D[e];
     }
-    for (int t0 = 0; t0 < T; t0 += SSM_HOPS) {
-        const int hops = min(SSM_HOPS, T - t0);
+    for (int t0 = 0; t0 < T; t0 += G) {
+        const int hops = min(G, T - t0);
         __syncthreads();  // the previous group's rows are no longer read
         const float* src = dbc + (b * T + t0) * W;
         for (int i = tid; i < hops * W; i += bd) rows[i] = src[i];
@@ -137,15 +156,22 @@ extern "C" __global__ void mamba_ssm(const float* __restrict__ xc, const float* 
         if (!live) continue;
         for (int j = 0; j < hops; j++) {
             const float* row = rows + j * W;
-            const float dt = ssm_dt(row, dw, bias, R);
+            const float dt = ssm_dt<RC>(row, dw, bias, R);
             const float x = xs[j * bd + tid];
             const float dtx = dt * x;
             float y = 0.0f;
 #pragma unroll
-            for (int n = 0; n < MAX_N; n++) {
+            for (int n = 0; n < NR; n++) {
+#ifdef SSM_PREDICATED
+                if (n < N) {
+                    h[n] = expf(dt * a[n]) * h[n] + row[R + n] * dtx;
+                    y += row[R + N + n] * h[n];
+                }
+#else
                 if (n >= N) break;
                 h[n] = expf(dt * a[n]) * h[n] + row[R + n] * dtx;
                 y += row[R + N + n] * h[n];
+#endif
             }
             const float z = zs[j * bd + tid];
             out[(b * T + t0 + j) * E + e] = (y + x * d) * (z * sigmoidf_(z));
@@ -153,10 +179,35 @@ extern "C" __global__ void mamba_ssm(const float* __restrict__ xc, const float* 
     }
     if (live) {
 #pragma unroll
-        for (int n = 0; n < MAX_N; n++) {
+        for (int n = 0; n < NR; n++) {
             if (n < N) hT[(b * N + n) * E + e] = h[n];
         }
     }
+}
+
+#define SSM_PARAMS                                                                                 \
+    const float* __restrict__ xc, const float* __restrict__ xz, const float* __restrict__ dbc,     \
+        const float* __restrict__ dt_w, const float* __restrict__ dt_b,                            \
+        const float* __restrict__ A, const float* __restrict__ D, const float* __restrict__ h0,    \
+        float* __restrict__ out, float* __restrict__ hT, int T, int E, int N, int R
+extern "C" __global__ void mamba_ssm(SSM_PARAMS) {
+    ssm_body<0, 0>(xc, xz, dbc, dt_w, dt_b, A, D, h0, out, hT, T, E, N, R);
+}
+// (Built with -DSSM_NO_SPECIAL for A/B timing: the same entry point running the generic body.)
+// SSM_MIN_BLOCKS: resident 128-thread blocks per SM asked of the compiler, which caps the
+// registers per thread to fit (8: 64 registers). Without a bound it took 127 registers, i.e. 4
+// blocks and 25 % occupancy, stalled on shared-memory loads (Nsight Compute, H100, 2026-12-06);
+// with 8 the chunk graph ran 9.7 % faster and the 10,240-stream step 8 % (6 and 10 were
+// slower than 8; scripts/gpu/run-ptxab.sh, BENCHMARKS.md).
+#ifndef SSM_MIN_BLOCKS
+#define SSM_MIN_BLOCKS 8
+#endif
+extern "C" __global__ void __launch_bounds__(128, SSM_MIN_BLOCKS) mamba_ssm_r8n16(SSM_PARAMS) {
+#ifdef SSM_NO_SPECIAL
+    ssm_body<0, 0>(xc, xz, dbc, dt_w, dt_b, A, D, h0, out, hT, T, E, N, R);
+#else
+    ssm_body<8, 16>(xc, xz, dbc, dt_w, dt_b, A, D, h0, out, hT, T, E, N, R);
+#endif
 }
 
 // Log-mel front end (CONTRACT.md §4) over T hops, in float64 like the standard graphs:
