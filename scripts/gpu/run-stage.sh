@@ -6,8 +6,9 @@
 # Env: INIT (weights to continue from; default the shipped model's), LR (5e-4), SEED (6), SCAN
 # (train.py --scan: auto), EXTRA (more train.py args, word-split, e.g. "--freq-mask 2 --time-mask
 # 2"), BUDGET_S (seconds left for this script, default 570), DRY=1 (print the train.py command
-# line and exit; runs anywhere). run-scan-train.sh calls it after its scan check.
-# Results: $OUT/train.log (train.py's output) and $OUT/stage.tar.gz (stage/: weights.safetensors,
+# line and exit; runs anywhere), NAME (stage: names the outputs, so that run-stages.sh can run
+# two at once). run-scan-train.sh calls it after its scan check.
+# Results: $OUT/NAME.log (train.py's output) and $OUT/NAME.tar.gz (NAME/: weights.safetensors,
 # thresholds.json, train_log.jsonl, train_summary.json).
 set -u
 T0=$(date +%s)
@@ -18,6 +19,7 @@ SEED=${SEED:-6}
 EXTRA=${EXTRA:-}
 SCAN=${SCAN:-auto}
 DRY=${DRY:-0}
+NAME=${NAME:-stage}
 for f in "$INIT" .data/bundle; do
   [ -e "$f" ] || { echo "run-stage.sh: $f is missing (carry .data/bundle, .data/whl and the INIT weights' folder)"; exit 1; }
 done
@@ -31,17 +33,17 @@ LEFT=$(( BUDGET_S - ($(date +%s) - T0) ))
 MIN=$(python3 -c "print(round(($LEFT - 75) / 60, 2))")
 DEADLINE=$(python3 -c "print($MIN + 1.0)")
 # shellcheck disable=SC2206  # EXTRA is meant to be word-split
-CMD=(python3 models/train.py --bundle .data/bundle --out /tmp/stage --minutes "$MIN"
+CMD=(python3 models/train.py --bundle .data/bundle --out /tmp/$NAME --minutes "$MIN"
   --deadline-minutes "$DEADLINE" --scan "$SCAN"
   --init "$INIT" --lr "$LR" --warmup 30 --consist-w 3 --maxpool-w 0.5 --val-every 100000
   --val-scenes 16 --seed "$SEED" --batch 32 $EXTRA)
 echo "== ${LEFT}s left, training ${MIN} min: ${CMD[*]}"
 [ "$DRY" = 1 ] && exit 0
 # a hard stop short of the call's end, so that the log still comes back if train.py overruns
-timeout $(( LEFT - 15 )) "${CMD[@]}" > /tmp/stage.log 2>&1
-echo "== train.py exit $?"
-grep -E '"step": (25|100|300|500|800|1200|1600|2000|3000|4000)\b|"event": "(train_start|final|error|oom)"' /tmp/stage.log | cut -c1-300
-tail -n 2 /tmp/stage.log | cut -c1-300
-cp /tmp/stage.log $OUT/train.log
-tar -C /tmp -czf $OUT/stage.tar.gz stage
+timeout $(( LEFT - 15 )) "${CMD[@]}" > /tmp/$NAME.log 2>&1
+echo "== $NAME: train.py exit $?"
+grep -E '"step": (25|100|300|500|800|1200|1600|2000|3000|4000)\b|"event": "(train_start|final|error|oom)"' /tmp/$NAME.log | cut -c1-300
+tail -n 2 /tmp/$NAME.log | cut -c1-300
+cp /tmp/$NAME.log $OUT/$NAME.log
+tar -C /tmp -czf $OUT/$NAME.tar.gz $NAME
 ls -la $OUT
