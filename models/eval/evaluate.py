@@ -9,7 +9,9 @@ Everything runs on CPU with onnxruntime, 1 intra-op thread. The package's ``step
 B = number of clips/scenes as batch rows (rows are independent, CONTRACT §2), states from zero.
 Data: the VALIDATION split of the bundle (``.data/bundle``, ``models/data/build.py``); the train
 split is touched only to pick YAMNet's per-class thresholds (the same recipe train.py used for the
-shipped mambatag thresholds: frame-F1-optimal on train-pool scenes). Nothing is tuned on validation.
+shipped mambatag thresholds: frame-F1-optimal on train-pool scenes), and by ``--split train``, which
+runs the same clip and scene measurements on the training split, to choose between runs without
+looking at validation. Nothing is tuned on validation.
 
 Measures (JSON + markdown in --out):
 
@@ -524,11 +526,12 @@ def fmt(v, d=3):
 
 def markdown(R):
     classes = R["classes"]
+    split_name = {"val": "validation", "train": "training"}[R.get("split", "val")]
     L = [f"# Evaluation of {R['model']['name']} {R['model']['version']}", "",
          f"{R['machine']}, {R['date']}, `{R['command']}`", ""]
     if "clips" in R:
         c = R["clips"]
-        L += [f"## Validation clips ({c['n_clips']} clips, clip score = max over frames)", "",
+        L += [f"## {split_name.capitalize()} clips ({c['n_clips']} clips, clip score = max over frames)", "",
               "| class | positives | mambatag AP [95% CI] | YAMNet AP [95% CI] |", "|---|---|---|---|"]
         for k in classes:
             m = c["mambatag"]
@@ -547,7 +550,7 @@ def markdown(R):
                 return "–"
             src = y["per_class"][k] if k else ys
             return fmt(src[key], d)
-        L += [f"## Synthetic validation scenes ({s['n_scenes']} × {s['seconds']:.0f} s, {ms['events']} events)", "",
+        L += [f"## Synthetic {split_name} scenes ({s['n_scenes']} × {s['seconds']:.0f} s, {ms['events']} events)", "",
               "Delays in ms, median / p90 over detected events. *score*: first frame whose raw score reaches the "
               "threshold (YAMNet: first patch, at the time the patch exists); *announced*: mambatag's CLI/daemon "
               "event logic (5-frame moving average, 50 ms minimum duration, onset announced once it has lasted 50 ms).", "",
@@ -630,6 +633,10 @@ def main(argv=None):
     ap.add_argument("--stability-hours", type=float, default=0.0)
     ap.add_argument("--stability-streams", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--split", choices=["val", "train"], default="val",
+                    help="val: the report. train: the same clips/scenes measurements on the TRAINING split "
+                         "(its clips alone, eval-mode scenes mixed from the train pool), to choose between runs "
+                         "without looking at validation")
     a = ap.parse_args(argv)
     os.makedirs(a.out, exist_ok=True)
 
@@ -648,9 +655,9 @@ def main(argv=None):
          "classes": classes, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
          "machine": f"{platform.node()} ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
          "command": "python3 -m models.eval.evaluate " + " ".join(argv if argv is not None else sys.argv[1:]),
-         "quick": a.quick}
+         "quick": a.quick, "split": a.split}
     t_all = time.time()
-    va = poolmod.load_bundle(a.bundle, "val", threads=2)
+    va = poolmod.load_bundle(a.bundle, a.split, threads=2)
     assert va.classes == classes, (va.classes, classes)
     only = set(a.only.split(",")) if a.only else set()
     if "clips" in only:

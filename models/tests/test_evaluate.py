@@ -72,6 +72,23 @@ def test_quick_run(tmp_path):
     assert R["cpu"]["mambatag_B1"]["cpu_s_per_audio_s"] > 0
 
 
+@pytest.mark.skipif(not (BUNDLE / "index.json").exists() or importlib.util.find_spec("torch") is None
+                    or importlib.util.find_spec("onnxruntime") is None or not (DEFAULT / "step.onnx").exists(),
+                    reason="needs .data/bundle, torch, onnxruntime and models/default")
+def test_quick_run_on_the_training_split(tmp_path):
+    """--split train measures the same things on training clips (for choosing between runs), and
+    says so; validation stays the default."""
+    R = ev.main([str(DEFAULT), "--quick", "--no-yamnet", "--only", "clips", "--split", "train",
+                 "--out", str(tmp_path)])
+    assert R["split"] == "train"
+    md = (tmp_path / "eval.md").read_text()
+    assert "## Training clips" in md and "Validation" not in md
+    V = ev.main([str(DEFAULT), "--quick", "--no-yamnet", "--only", "clips", "--out", str(tmp_path / "val")])
+    assert V["split"] == "val"
+    assert (R["clips"]["positives"], R["clips"]["mambatag"]["macro_ap"]) != \
+        (V["clips"]["positives"], V["clips"]["mambatag"]["macro_ap"])
+
+
 def test_average_precision_treats_ties_as_one_threshold():
     # sklearn: y=[1,0,1,0], s=[0.5,0.5,0.5,0.1] -> one threshold at 0.5 with P=2/3, R=1
     y = np.array([1, 0, 1, 0])
