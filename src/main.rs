@@ -61,6 +61,16 @@ fn main() -> ExitCode {
                 && std::env::var_os("NO_COLOR").is_none(),
         )
         .init();
+    // A one-shot command whose reader went away (`mambatag inspect | head`) should end quietly,
+    // as Unix tools do, not panic in println! (Rust ignores SIGPIPE by default). The service
+    // keeps ignoring it: a client that hangs up must not end the daemon.
+    #[cfg(unix)]
+    if !matches!(cli.cmd, Cmd::Serve(_)) {
+        // SAFETY: sets a signal disposition to its default before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let res = match cli.cmd {
         Cmd::Tag(a) => cli::tag::run(a),
         Cmd::Inspect(a) => cli::inspect::run(a),

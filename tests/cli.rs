@@ -440,3 +440,43 @@ fn device_flags_without_cuda_support() {
     let cpu = mambatag(&["tag", "--model", &tiny(), f.to_str().unwrap()]);
     assert_eq!(stdout(&o), stdout(&cpu));
 }
+
+/// `mambatag inspect | head -1` and `mambatag tag … | head -1`: a reader that has gone away ends
+/// a one-shot command the Unix way (SIGPIPE), with no panic message. The pipe's read end is
+/// closed before the command starts, so its first write always fails.
+#[cfg(unix)]
+#[test]
+fn closed_stdout_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let wav = fixtures().join("closed-stdout.wav");
+    let o = Command::new("sox")
+        .args(["-n", "-r", "16000", "-c", "1", "-b", "16"])
+        .arg(&wav)
+        .args(["synth", "2", "sine", "440"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "sox: {}", stderr(&o));
+    let model = tiny();
+    let cases: [Vec<&str>; 2] = [
+        vec!["inspect", &model],
+        vec!["tag", "--model", &model, "--frames", wav.to_str().unwrap()],
+    ];
+    for args in cases {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let o = Command::new(bin())
+            .args(&args)
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert_eq!(
+            o.status.signal(),
+            Some(libc::SIGPIPE),
+            "{args:?}: {:?} {err}",
+            o.status
+        );
+    }
+}
