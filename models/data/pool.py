@@ -24,7 +24,8 @@ import numpy as np
 SR = 16000
 HOP = 160
 CLASSES = ["speech", "music", "animal", "alarm", "vehicle", "tools", "impact", "weather"]
-TEACHER_FORMAT = "mambatag-teacher-1"   # teacher.npz layout written by models/data/teacher.py
+# teacher.npz layout written by models/data/teacher.py (2: clips scored after 0.48 s of silence)
+TEACHER_FORMAT = "mambatag-teacher-2"
 
 
 def activity_mask(x: np.ndarray, rel_db: float = 30.0, floor_db: float = -55.0,

