@@ -270,6 +270,20 @@ def spec_mask(B, T, n_freq, freq_width, n_time, time_width, gen, device, n_mels=
     return fm[:, None, :] | tm[:, :, None]
 
 
+def frame_loss(lg, y, soft, distill_w, onset_w, onset_frames, prev=None):
+    """The frame terms of one run (carried or fresh): BCE of logits ``lg`` against the targets
+    ``y`` (weighted by :func:`onset_weights` when ``onset_w`` > 0, ``prev`` as there), plus
+    ``distill_w`` * BCE against the teacher's ``soft`` targets where the hard target is off.
+    Returns ``(loss, distillation BCE or None)``."""
+    wt = onset_weights(y, onset_frames, onset_w, prev) if onset_w > 0 else None
+    loss = F.binary_cross_entropy_with_logits(lg, y, weight=wt)
+    ld = None
+    if distill_w > 0:
+        ld = F.binary_cross_entropy_with_logits(lg, soft, weight=(y <= 0.5).float())
+        loss = loss + distill_w * ld
+    return loss, ld
+
+
 def step_loss(model, x, y, state, a, seg, amp, fmask=None, soft=None, distill_w=0.0, onset_w=0.0,
               onset_frames=30, prev=None, terms=None):
     """Forward passes and loss of one training step on audio ``x [B, N]``, targets ``y``.
@@ -292,14 +306,11 @@ def step_loss(model, x, y, state, a, seg, amp, fmask=None, soft=None, distill_w=
         raise ValueError("step_loss: `prev` (targets before frame 0) only applies to a carried state")
     with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=amp):
         logits, state = model(x, logits=True, state=state, return_state=True, feature_mask=fmask)
-    lg, yt = logits.float(), y[:, :logits.shape[1]]
-    wt = onset_weights(yt, onset_frames, onset_w, prev) if onset_w > 0 else None
-    loss = F.binary_cross_entropy_with_logits(lg, yt, weight=wt)
-    if distill_w > 0:
-        ld = F.binary_cross_entropy_with_logits(lg, soft[:, :lg.shape[1]], weight=(yt <= 0.5).float())
-        loss = loss + distill_w * ld
-        if terms is not None:
-            terms["distill"] = ld.detach()
+    T = logits.shape[1]
+    lg, yt = logits.float(), y[:, :T]
+    loss, ld = frame_loss(lg, yt, None if soft is None else soft[:, :T], distill_w, onset_w, onset_frames, prev)
+    if ld is not None and terms is not None:
+        terms["distill"] = ld.detach()
     lmp = None
     if a.maxpool_w > 0:
         lmp = maxpool_bce(lg, yt, seg)
@@ -319,11 +330,9 @@ def step_loss(model, x, y, state, a, seg, amp, fmask=None, soft=None, distill_w=
                        feature_mask=None if fmask is None else fmask[:, :W])
         lf = lf.float()
         if a.fresh_bce_w > 0:
-            wf = onset_weights(y[:, :W], onset_frames, onset_w) if onset_w > 0 else None
-            loss = loss + a.fresh_bce_w * F.binary_cross_entropy_with_logits(lf, y[:, :W], weight=wf)
-            if distill_w > 0:
-                loss = loss + a.fresh_bce_w * distill_w * F.binary_cross_entropy_with_logits(
-                    lf, soft[:, :W], weight=(y[:, :W] <= 0.5).float())
+            lfr, _ = frame_loss(lf, y[:, :W], None if soft is None else soft[:, :W], distill_w, onset_w,
+                                onset_frames)
+            loss = loss + a.fresh_bce_w * lfr
         if a.maxpool_w > 0:
             loss = loss + a.maxpool_w * maxpool_bce(lf, y[:, :W], seg)
         if a.consist_w > 0:

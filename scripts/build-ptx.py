@@ -27,7 +27,7 @@ def main() -> int:
     ap.add_argument("--src", type=Path, default=SRC, help="kernel source (variants for MAMBATAG_PTX)")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("-D", "--define", action="append", default=[], metavar="NAME[=VALUE]",
-                    help="preprocessor definition (the A/B variants kernels.cu names, e.g. SSM_PREDICATED)")
+                    help="preprocessor definition (the A/B variants kernels.cu names, e.g. SSM_MIN_BLOCKS=6)")
     a = ap.parse_args()
     lib = ctypes.CDLL(a.nvrtc)
     prog = ctypes.c_void_p()

@@ -6,6 +6,7 @@
 # GPU tests, CLI parity and throughput of the embedded kernels (AB_ONLY=1: the variants only).
 set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
+ab_summary() { for f in $OUT/ab_*.txt; do echo "== $f"; grep "chunk graph\|^ *1024 \|^ *10240 " $f; done; }
 for v in default $(ls .gpubin/ptx 2>/dev/null | sed 's/\.ptx\.xz$//'); do
   unset MAMBATAG_PTX
   if [ $v != default ]; then unxz_to .gpubin/ptx/$v.ptx.xz /tmp/$v.ptx; export MAMBATAG_PTX=/tmp/$v.ptx; fi
@@ -14,9 +15,9 @@ for v in default $(ls .gpubin/ptx 2>/dev/null | sed 's/\.ptx\.xz$//'); do
   timeout 60 $B/mambatag bench --device cuda --cuda-graph --model $M --streams 1024,10240 --steps 1000 >> $OUT/ab_$v.txt 2>&1
 done
 unset MAMBATAG_PTX
-[ "${AB_ONLY:-0}" = 1 ] && { for f in $OUT/ab_*.txt; do echo "== $f"; grep "chunk graph\|^ *1024 \|^ *10240 " $f; done; exit 0; }
+[ "${AB_ONLY:-0}" = 1 ] && { ab_summary; exit 0; }
 gpu_tests layer fused
 cli_parity "step_auto:--engine step --cuda-graph" "step_fused:--engine step --kernels fused" "chunk:" "chunk_tf32:--tf32"
 chunk_benches
-for f in $OUT/ab_*.txt; do echo "== $f"; grep "chunk graph\|^ *1024 \|^ *10240 " $f; done
+ab_summary
 tail -n 12 $OUT/gpu_tests_*.txt $OUT/cli_parity.txt $OUT/chunk_*.txt

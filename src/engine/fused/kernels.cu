@@ -77,8 +77,8 @@ extern "C" __global__ void mamba_conv(const float* __restrict__ xz, const float*
 // left out: computing the group's dt first, and exp2 with A pre-scaled by log2 e; no faster on
 // the chunk graph and 8-20 % slower on the step graph at 1,024-10,240 streams.)
 // grid (ceil(E / blockDim.x), B), dynamic shared memory 4 G (R + 2N + 2 blockDim.x) bytes with
-// G = min(T, SSM_HOPS). (-DSSM_PREDICATED builds the loops over r < R and n < N as predicated
-// iterations instead of early exits, for A/B timing.)
+// G = min(T, SSM_HOPS). (The loops over r < R and n < N leave early; predicated iterations
+// instead timed the same, 2026-12-06, BENCHMARKS.md.)
 #define SSM_HOPS 16
 // The body is a template over dt_rank and d_state: 0 means "given at run time, at most MAX_R /
 // MAX_N" (`mamba_ssm`); the default model's shape (R 8, N 16) has its own entry point,
@@ -93,12 +93,8 @@ __device__ __forceinline__ float ssm_dt(const float* row, const float* dw, float
     float s = 0.0f;
 #pragma unroll
     for (int r = 0; r < RR; r++) {
-#ifdef SSM_PREDICATED
-        if (r < R) s += row[r] * dw[r];
-#else
         if (r >= R) break;
         s += row[r] * dw[r];
-#endif
     }
     s += bias;
     return fmaxf(s, 0.0f) + logf(1.0f + expf(-fabsf(s)));
@@ -162,16 +158,9 @@ __device__ __forceinline__ void ssm_body(const float* __restrict__ xc, const flo
             float y = 0.0f;
 #pragma unroll
             for (int n = 0; n < NR; n++) {
-#ifdef SSM_PREDICATED
-                if (n < N) {
-                    h[n] = expf(dt * a[n]) * h[n] + row[R + n] * dtx;
-                    y += row[R + N + n] * h[n];
-                }
-#else
                 if (n >= N) break;
                 h[n] = expf(dt * a[n]) * h[n] + row[R + n] * dtx;
                 y += row[R + N + n] * h[n];
-#endif
             }
             const float z = zs[j * bd + tid];
             out[(b * T + t0 + j) * E + e] = (y + x * d) * (z * sigmoidf_(z));
