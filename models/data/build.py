@@ -548,12 +548,30 @@ def bundle(args) -> None:
     print(f"[bundle] {len(index)} clips, audio {size / 2**20:.1f} MiB in {outdir}")
 
 
+def missing_tools(cmd: str, no_synth: bool = False) -> list[str]:
+    """What step ``cmd`` needs and this machine lacks: programs on PATH and the GM soundfont
+    (``scripts/data-deps.sh`` installs them all)."""
+    import shutil
+    need = ["apt-get", "dpkg-deb"] if cmd in ("fetch", "all", "pin") else []
+    if cmd in ("bundle", "all"):
+        need.append("ffmpeg")
+        if not no_synth:
+            need += ["espeak-ng", "fluidsynth"]
+    out = [t for t in need if shutil.which(t) is None]
+    if cmd in ("bundle", "all") and not no_synth and not any(map(os.path.exists, synth.SOUNDFONT_CANDIDATES)):
+        out.append("fluid-soundfont-gm (" + ", ".join(synth.SOUNDFONT_CANDIDATES) + ")")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("cmd", choices=["fetch", "bundle", "all", "pin"])
     ap.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 2)))
     ap.add_argument("--no-synth", action="store_true")
     a = ap.parse_args()
+    lack = missing_tools(a.cmd, a.no_synth)
+    if lack:
+        ap.error(f"{a.cmd}: missing {', '.join(lack)}; install them with scripts/data-deps.sh")
     if a.cmd in ("fetch", "all"):
         fetch(a)
     if a.cmd == "all":
