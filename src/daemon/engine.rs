@@ -495,7 +495,7 @@ impl EngineThread {
             s.detector.push(scores, &mut ups);
             s.frames += 1;
             let n = s.entry.frames.fetch_add(1, Ordering::Relaxed) + 1;
-            if n % 10 == 0 || !ups.is_empty() {
+            if n.is_multiple_of(10) || !ups.is_empty() {
                 let mut top: Vec<(String, f32)> = self
                     .info
                     .labels

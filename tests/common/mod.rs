@@ -146,8 +146,17 @@ pub fn hop_audio(t: usize, row: usize, out: &mut [f32]) {
         let s = (t * 160 + i) as f32 / 16000.0;
         let f = 200.0 + 50.0 * ((t / 300) % 40) as f32 + 30.0 * row as f32;
         let tone = (2.0 * std::f32::consts::PI * f * s).sin()
-            * if (t / 150) % 2 == 0 { 0.4 } else { 0.05 };
-        *x = tone + n * if (t / 97) % 3 == 0 { 0.3 } else { 0.01 };
+            * if (t / 150).is_multiple_of(2) {
+                0.4
+            } else {
+                0.05
+            };
+        *x = tone
+            + n * if (t / 97).is_multiple_of(3) {
+                0.3
+            } else {
+                0.01
+            };
     }
 }
 

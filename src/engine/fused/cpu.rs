@@ -241,6 +241,148 @@ fn ssm_row_impl<const F: bool>(
     }
 }
 
+/// Hops per tile of [`ssm_row_avx512`]: its dt, dt·x and y scratch is `[SSM_TILE, E]` each.
+const SSM_TILE: usize = 16;
+
+/// [`ssm_row_impl`] for AVX-512 CPUs and `d_state` 16, the same arithmetic in the same order
+/// (so bit-identical to the AVX2 build): per tile of [`SSM_TILE`] hops, dt and dt·x for the
+/// tile first, then per block of 16 channels the 16 state rows stay in 16 zmm registers across
+/// the tile's hops (the plain kernel loads and stores `h` and `y` for every hop and state row),
+/// then the gated output. Channels past the last full block run the plain per-channel maths.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+fn ssm_row_avx512(
+    dm: &SsmDims,
+    row: &SsmRow,
+    wt: &SsmWeights,
+    h0: &[f32],
+    out: &mut [f32],
+    h: &mut [f32],
+    s: &mut SsmScratch,
+) {
+    use std::arch::x86_64::*;
+    const N: usize = 16;
+    debug_assert_eq!(dm.n, N);
+    let (t_len, e_len, r_len) = (dm.t, dm.e, dm.r);
+    let width = r_len + 2 * N;
+    let blocks = e_len / 16;
+    h.copy_from_slice(h0);
+    for v in [&mut s.dt, &mut s.dtx, &mut s.y] {
+        v.resize(SSM_TILE * e_len, 0.0);
+    }
+    let mut t0 = 0;
+    while t0 < t_len {
+        let tn = SSM_TILE.min(t_len - t0);
+        // dt = softplus(dt_low @ dt_w + dt_b), dt·x: as ssm_row_impl, per hop of the tile
+        for i in 0..tn {
+            let t = t0 + i;
+            let dbc = &row.dbc[t * width..(t + 1) * width];
+            let x = &row.xc[t * e_len..(t + 1) * e_len];
+            let dt = &mut s.dt[i * e_len..(i + 1) * e_len];
+            let dtx = &mut s.dtx[i * e_len..(i + 1) * e_len];
+            dt.fill(0.0);
+            for (&c, wr) in dbc[..r_len].iter().zip(wt.dt_w.chunks_exact(e_len)) {
+                for (a, &wv) in dt.iter_mut().zip(wr) {
+                    *a += c * wv;
+                }
+            }
+            for (((dt, dtx), &b), &xv) in dt.iter_mut().zip(dtx.iter_mut()).zip(wt.dt_b).zip(x) {
+                *dt = softplus::<true>(*dt + b);
+                *dtx = *dt * xv;
+            }
+        }
+        // the scan, 16 channels at a time with their state in registers
+        for blk in 0..blocks {
+            let e0 = blk * 16;
+            // SAFETY: every pointer below indexes a slice at n * e_len + e0 + 0..16 or
+            // i * e_len + e0 + 0..16 with n < 16 = N, i < tn <= SSM_TILE, e0 + 16 <= e_len: in
+            // bounds of h [N, E], a2 [N, E] and the [SSM_TILE, E] scratch.
+            unsafe {
+                let mut hr = [_mm512_setzero_ps(); N];
+                for (n, r) in hr.iter_mut().enumerate() {
+                    *r = _mm512_loadu_ps(h.as_ptr().add(n * e_len + e0));
+                }
+                for i in 0..tn {
+                    let bc = &row.dbc[(t0 + i) * width + r_len..(t0 + i + 1) * width];
+                    let dt = _mm512_loadu_ps(s.dt.as_ptr().add(i * e_len + e0));
+                    let dtx = _mm512_loadu_ps(s.dtx.as_ptr().add(i * e_len + e0));
+                    let mut y = _mm512_setzero_ps();
+                    for (n, hn) in hr.iter_mut().enumerate() {
+                        let av = _mm512_loadu_ps(wt.a2.as_ptr().add(n * e_len + e0));
+                        let decay = exp2_decay_avx512(_mm512_mul_ps(dt, av));
+                        let v =
+                            _mm512_fmadd_ps(decay, *hn, _mm512_mul_ps(_mm512_set1_ps(bc[n]), dtx));
+                        *hn = v;
+                        y = _mm512_fmadd_ps(_mm512_set1_ps(bc[N + n]), v, y);
+                    }
+                    _mm512_storeu_ps(s.y.as_mut_ptr().add(i * e_len + e0), y);
+                }
+                for (n, r) in hr.iter().enumerate() {
+                    _mm512_storeu_ps(h.as_mut_ptr().add(n * e_len + e0), *r);
+                }
+            }
+        }
+        // the channels past the last full block: ssm_row_impl's maths, one channel at a time
+        for c in blocks * 16..e_len {
+            for i in 0..tn {
+                let bc = &row.dbc[(t0 + i) * width + r_len..(t0 + i + 1) * width];
+                let (dt, dtx) = (s.dt[i * e_len + c], s.dtx[i * e_len + c]);
+                let mut y = 0.0;
+                for n in 0..N {
+                    let hv = &mut h[n * e_len + c];
+                    let v = madd::<true>(
+                        exp2_decay::<true>(dt * wt.a2[n * e_len + c]),
+                        *hv,
+                        bc[n] * dtx,
+                    );
+                    *hv = v;
+                    y = madd::<true>(bc[N + n], v, y);
+                }
+                s.y[i * e_len + c] = y;
+            }
+        }
+        // out = (y + x·D) · silu(z)
+        for i in 0..tn {
+            let t = t0 + i;
+            let x = &row.xc[t * e_len..(t + 1) * e_len];
+            let z = &row.xz[t * 2 * e_len + e_len..(t + 1) * 2 * e_len];
+            let y = &s.y[i * e_len..(i + 1) * e_len];
+            let o = &mut out[t * e_len..(t + 1) * e_len];
+            for ((((ov, &yv), &xv), &dv), &zv) in o.iter_mut().zip(y).zip(x).zip(wt.d).zip(z) {
+                *ov = (yv + xv * dv) * silu::<true>(zv);
+            }
+        }
+        t0 += tn;
+    }
+}
+
+/// [`exp2_decay`] on 16 lanes: the same operations in the same order.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+#[inline]
+fn exp2_decay_avx512(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    let x = _mm512_max_ps(x, _mm512_set1_ps(-126.0));
+    let round = _mm512_set1_ps(ROUND);
+    let k = _mm512_sub_ps(_mm512_add_ps(x, round), round);
+    let f = _mm512_sub_ps(x, k);
+    let mut p = _mm512_set1_ps(1.546_974_1e-4);
+    for c in [
+        1.340_044_2e-3,
+        9.618_025e-3,
+        5.550_327e-2,
+        0.240_226_5,
+        std::f32::consts::LN_2,
+        1.0,
+    ] {
+        p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+    }
+    let ki = _mm512_cvttps_epi32(k);
+    let scale = _mm512_slli_epi32::<23>(_mm512_add_epi32(ki, _mm512_set1_epi32(127)));
+    _mm512_mul_ps(p, _mm512_castsi512_ps(scale))
+}
+
 /// A value computed from a constant input of an op (a graph initializer) on the first call and
 /// kept: computed again only if ORT hands over a different buffer (address or length).
 pub struct Derived<T> {
@@ -395,45 +537,113 @@ impl Spectrum {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn conv_row_avx2(
-    d: &ConvDims,
-    xz: &[f32],
-    state: &[f32],
-    wt: &ConvWeights,
-    xc: &mut [f32],
-    next: &mut [f32],
-    acc: &mut [f32],
-) {
-    conv_row_impl(d, xz, state, wt, xc, next, acc)
+/// The widest vector unit the row kernels use. Every level runs the same per-channel arithmetic
+/// (lanes are channels; no reduction crosses lanes), so all levels give bit-identical results;
+/// only the vector width differs (`tests`: `simd_levels_are_bit_identical`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Simd {
+    Scalar,
+    /// AVX2 + FMA (256-bit).
+    Avx2,
+    /// AVX-512 F/VL + FMA (512-bit).
+    Avx512,
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn ssm_row_avx2(
-    dm: &SsmDims,
-    row: &SsmRow,
-    wt: &SsmWeights,
-    h0: &[f32],
-    out: &mut [f32],
-    h: &mut [f32],
-    s: &mut SsmScratch,
-) {
-    ssm_row_impl::<true>(dm, row, wt, h0, out, h, s)
+impl Simd {
+    /// What this CPU has.
+    pub fn detected() -> Simd {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 =
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+            if avx2
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512vl")
+            {
+                return Simd::Avx512;
+            }
+            if avx2 {
+                return Simd::Avx2;
+            }
+        }
+        Simd::Scalar
+    }
+
+    /// The level the kernels run at: [`Simd::detected`], lowered by `MAMBATAG_CPU_SIMD`
+    /// (`scalar`, `avx2` or `avx512`; for A/B benchmarks in one binary) when that is set to a
+    /// level at or below it. Read once per process.
+    pub fn current() -> Simd {
+        static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            let have = Simd::detected();
+            match std::env::var("MAMBATAG_CPU_SIMD")
+                .ok()
+                .as_deref()
+                .map(Simd::parse)
+            {
+                Some(Some(want)) => want.min(have),
+                _ => have,
+            }
+        })
+    }
+
+    pub fn parse(s: &str) -> Option<Simd> {
+        match s {
+            "scalar" => Some(Simd::Scalar),
+            "avx2" => Some(Simd::Avx2),
+            "avx512" => Some(Simd::Avx512),
+            _ => None,
+        }
+    }
 }
 
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+/// `$name_at(level, args)`: `$body` (an `#[inline(always)]` kernel call) compiled three times,
+/// for the scalar baseline, AVX2+FMA and AVX-512, and picked by `level`, which must not exceed
+/// [`Simd::detected`] (callers pass [`Simd::current`] or a level below it).
+macro_rules! simd_dispatch {
+    ($name:ident, ($($arg:ident: $ty:ty),*), |$f:ident| $body:expr) => {
+        #[allow(clippy::too_many_arguments)]
+        pub fn $name(level: Simd, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) {
+                    const $f: bool = true;
+                    $body
+                }
+                #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+                unsafe fn avx512($($arg: $ty),*) {
+                    const $f: bool = true;
+                    $body
+                }
+                match level {
+                    // SAFETY: the level is at most what the CPU has (Simd::detected).
+                    Simd::Avx512 => return unsafe { avx512($($arg),*) },
+                    Simd::Avx2 => return unsafe { avx2($($arg),*) },
+                    Simd::Scalar => {}
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = level;
+            const $f: bool = false;
+            $body
+        }
+    };
 }
+
+simd_dispatch!(
+    conv_row_at,
+    (d: &ConvDims, xz: &[f32], state: &[f32], wt: &ConvWeights, xc: &mut [f32], next: &mut [f32], acc: &mut [f32]),
+    |_F| conv_row_impl(d, xz, state, wt, xc, next, acc)
+);
+
+simd_dispatch!(
+    ssm_rows_at,
+    (dm: &SsmDims, row: &SsmRow, wt: &SsmWeights, h0: &[f32], out: &mut [f32], h: &mut [f32], s: &mut SsmScratch),
+    |F| ssm_row_impl::<F>(dm, row, wt, h0, out, h, s)
+);
+
+simd_dispatch!(vecmat_at, (x: &[f32], w: &[f32], out: &mut [f32]), |_F| vecmat(x, w, out));
 
 /// The conv op for one batch row (see [`conv_row_impl`]).
 pub fn conv_row(
@@ -446,12 +656,7 @@ pub fn conv_row(
 ) {
     CONV_SCRATCH.with_borrow_mut(|acc| {
         acc.resize(d.e, 0.0);
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { conv_row_avx2(d, xz, state, wt, xc, next, acc) };
-        }
-        conv_row_impl(d, xz, state, wt, xc, next, acc)
+        conv_row_at(Simd::current(), d, xz, state, wt, xc, next, acc)
     })
 }
 
@@ -464,16 +669,29 @@ pub fn ssm_row(
     out: &mut [f32],
     h: &mut [f32],
 ) {
+    ssm_row_with(Simd::current(), dm, row, wt, h0, out, h)
+}
+
+/// [`ssm_row`] at a given [`Simd`] level (at most [`Simd::detected`]).
+pub fn ssm_row_with(
+    level: Simd,
+    dm: &SsmDims,
+    row: &SsmRow,
+    wt: &SsmWeights,
+    h0: &[f32],
+    out: &mut [f32],
+    h: &mut [f32],
+) {
     SSM_SCRATCH.with_borrow_mut(|s| {
         for v in [&mut s.dt, &mut s.dtx, &mut s.y] {
             v.resize(dm.e, 0.0);
         }
         #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has AVX2 and FMA (checked just above).
-            return unsafe { ssm_row_avx2(dm, row, wt, h0, out, h, s) };
+        if level == Simd::Avx512 && dm.n == 16 {
+            // SAFETY: the level is at most what the CPU has (Simd::detected): AVX-512 F/VL, FMA.
+            return unsafe { ssm_row_avx512(dm, row, wt, h0, out, h, s) };
         }
-        ssm_row_impl::<false>(dm, row, wt, h0, out, h, s)
+        ssm_rows_at(level, dm, row, wt, h0, out, h, s)
     })
 }
 
@@ -520,19 +738,8 @@ fn vecmat(x: &[f32], w: &[f32], out: &mut [f32]) {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn vecmat_avx2(x: &[f32], w: &[f32], out: &mut [f32]) {
-    vecmat(x, w, out)
-}
-
 fn vecmat_any(x: &[f32], w: &[f32], out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked just above).
-        return unsafe { vecmat_avx2(x, w, out) };
-    }
-    vecmat(x, w, out)
+    vecmat_at(Simd::current(), x, w, out)
 }
 
 /// One batch row of `MambaLayer`: `x [D]`, `conv0 [K-1, E]`, `h0 [N, E]` -> `out`.
@@ -572,6 +779,106 @@ pub fn layer_row(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Deterministic values in [-1, 1) (xorshift).
+    fn noise(n: usize, seed: u32) -> Vec<f32> {
+        let mut x = seed.max(1);
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn simd_levels_are_bit_identical() {
+        // The default model's shapes, 37 channels more than a multiple of 16 so that every
+        // vector width also runs its remainder loop.
+        let (t, e, n, r, k) = (40, 293, 16, 8, 4);
+        let levels: Vec<Simd> = [Simd::Scalar, Simd::Avx2, Simd::Avx512]
+            .into_iter()
+            .filter(|l| *l <= Simd::detected())
+            .collect();
+        println!("comparing {levels:?} (this CPU: {:?})", Simd::detected());
+        let xz = noise(t * 2 * e, 1);
+        let (cw, cb, cs) = (noise(k * e, 2), noise(e, 3), noise((k - 1) * e, 4));
+        let dbc = noise(t * (r + 2 * n), 5);
+        let (dt_w, dt_b, d) = (noise(r * e, 6), noise(e, 7), noise(e, 8));
+        let a2: Vec<f32> = noise(n * e, 9)
+            .iter()
+            .map(|v| -(v.abs() + 0.1) * 5.0)
+            .collect();
+        let h0 = noise(n * e, 10);
+        let run = |level: Simd| {
+            let cd = ConvDims {
+                b: 1,
+                t,
+                e,
+                k,
+                rank3: true,
+            };
+            let (mut xc, mut next, mut acc) =
+                (vec![0.0; t * e], vec![0.0; (k - 1) * e], vec![0.0; e]);
+            let wt = ConvWeights { w: &cw, bias: &cb };
+            conv_row_at(level, &cd, &xz, &cs, &wt, &mut xc, &mut next, &mut acc);
+            let dm = SsmDims {
+                b: 1,
+                t,
+                e,
+                n,
+                r,
+                rank3: true,
+            };
+            let row = SsmRow {
+                xc: &xc,
+                xz: &xz,
+                dbc: &dbc,
+            };
+            let sw = SsmWeights {
+                dt_w: &dt_w,
+                dt_b: &dt_b,
+                a2: &a2,
+                d: &d,
+            };
+            let (mut y, mut h) = (vec![0.0; t * e], vec![0.0; n * e]);
+            ssm_row_with(level, &dm, &row, &sw, &h0, &mut y, &mut h);
+            let mut v = vec![0.0; e];
+            vecmat_at(level, &y[..n], &h, &mut v);
+            [xc, next, y, h, v].map(|a| a.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
+        };
+        let names = ["conv out", "conv state", "ssm out", "ssm state", "vecmat"];
+        let scalar = run(Simd::Scalar);
+        assert!(
+            scalar[2].iter().any(|&b| b != 0),
+            "the SSM output is all zero: the test is vacuous"
+        );
+        // The vector levels use fused multiply-adds where the scalar build cannot: same maths,
+        // float rounding apart.
+        let fma: Vec<Simd> = levels.into_iter().filter(|l| *l > Simd::Scalar).collect();
+        let Some((&first, rest)) = fma.split_first() else {
+            return;
+        };
+        let base = run(first);
+        for (i, name) in names.iter().enumerate() {
+            for (&a, &b) in base[i].iter().zip(&scalar[i]) {
+                let (a, b) = (f32::from_bits(a), f32::from_bits(b));
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{name}: {first:?} {a} vs scalar {b}"
+                );
+            }
+        }
+        // Wider vectors run the same per-lane arithmetic: bit for bit.
+        for &level in rest {
+            let got = run(level);
+            for (i, name) in names.iter().enumerate() {
+                assert_eq!(got[i], base[i], "{name}: {level:?} differs from {first:?}");
+            }
+        }
+    }
 
     #[test]
     fn exp_and_ln_match_std_to_float_rounding() {

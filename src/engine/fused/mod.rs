@@ -308,7 +308,7 @@ pub struct LogMelDims {
 
 impl LogMelDims {
     fn check([audio, mel]: &[Vec<usize>; 2]) -> ort::Result<Self> {
-        if audio.len() != 2 || audio[1] < HISTORY || (audio[1] - HISTORY) % HOP != 0 {
+        if audio.len() != 2 || audio[1] < HISTORY || !(audio[1] - HISTORY).is_multiple_of(HOP) {
             return Err(err(format!(
                 "MambaLogMel: audio shape {audio:?}, expected [B, {HISTORY} + T*{HOP}]"
             )));
