@@ -4,13 +4,14 @@
 # and fused step graphs), per-frame CLI parity against the CPU, the chunk-graph throughput (FP32
 # and TF32), the step sweep with CUDA graphs (--kernels auto), and the PyTorch eager loop at the
 # same N on random weights of the default model's shape (speed does not depend on their values).
-# Seven files come back (the tool returns at most eight).
+# Seven files come back (the tool returns at most eight). QUICK=1: the tests and parity only.
 set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 S=1,16,64,256,1024,4096,10240,16384
 gpu_tests layer fused
 cli_parity "step_auto:--engine step --cuda-graph" "step_fused:--engine step --kernels fused" "chunk:" "chunk_tf32:--tf32"
+[ "${QUICK:-0}" = 1 ] && { tail -n 12 $OUT/gpu_tests_*.txt $OUT/cli_parity.txt; exit 0; }
 chunk_benches
 timeout 150 $B/mambatag bench --device cuda --cuda-graph --model $M --streams $S --steps 2000 --min-steps 2000 > $OUT/bench_auto.txt 2>&1
 python3 -c "from models.weights import MambaConfig, init_weights, save_weights as s; c = MambaConfig(128, 4, labels=[f'c{i}' for i in range(8)]); s('/tmp/rand.safetensors', init_weights(c, seed=1), c)" &&

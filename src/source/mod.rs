@@ -59,27 +59,24 @@ pub fn downmix(
     rate: u32,
     out: &mut Vec<f32>,
 ) -> Result<()> {
-    let frames = interleaved.len() / channels;
-    out.reserve(frames);
-    let mut bad: Option<usize> = None;
-    if channels == 1 {
-        for (i, &s) in interleaved.iter().enumerate() {
-            if !s.is_finite() {
-                bad = Some(i);
-                break;
-            }
+    let start = out.len();
+    match channels {
+        1 => out.extend_from_slice(interleaved),
+        // a loop of its own, so that the common stereo case vectorises
+        2 => out.extend(interleaved.chunks_exact(2).map(|f| (f[0] + f[1]) * 0.5)),
+        _ => {
+            let inv = 1.0 / channels as f32;
+            out.extend(
+                interleaved
+                    .chunks_exact(channels)
+                    .map(|f| f.iter().sum::<f32>() * inv),
+            );
         }
-        out.extend_from_slice(interleaved);
-    } else {
-        let inv = 1.0 / channels as f32;
-        for (i, f) in interleaved.chunks_exact(channels).enumerate() {
-            let s: f32 = f.iter().sum::<f32>() * inv;
-            if !s.is_finite() {
-                bad = Some(i);
-                break;
-            }
-            out.push(s);
-        }
+    }
+    // a NaN or Inf in any channel makes the mix non-finite
+    let bad = out[start..].iter().position(|s| !s.is_finite());
+    if let Some(i) = bad {
+        out.truncate(start + i);
     }
     if let Some(i) = bad {
         let t = (pos + i as u64) as f64 / rate as f64;
