@@ -206,17 +206,7 @@ fn ssm_row_impl<const F: bool>(
         let dbc = &row.dbc[t * width..(t + 1) * width];
         let x = &row.xc[t * e_len..(t + 1) * e_len];
         let z = &row.xz[t * 2 * e_len + e_len..(t + 1) * 2 * e_len];
-        // dt = softplus(dt_low @ dt_w + dt_b)
-        s.dt.fill(0.0);
-        for (&c, wr) in dbc[..r_len].iter().zip(wt.dt_w.chunks_exact(e_len)) {
-            for (a, &wv) in s.dt.iter_mut().zip(wr) {
-                *a += c * wv;
-            }
-        }
-        for (((dt, dtx), &b), &xv) in s.dt.iter_mut().zip(s.dtx.iter_mut()).zip(wt.dt_b).zip(x) {
-            *dt = softplus::<F>(*dt + b);
-            *dtx = *dt * xv;
-        }
+        ssm_dt::<F>(&dbc[..r_len], x, wt, &mut s.dt, &mut s.dtx);
         s.y.fill(0.0);
         for n in 0..n_len {
             let (bn, cn) = (dbc[r_len + n], dbc[r_len + n_len + n]);
@@ -234,10 +224,38 @@ fn ssm_row_impl<const F: bool>(
                 *y = madd::<F>(cn, v, *y);
             }
         }
-        let o = &mut out[t * e_len..(t + 1) * e_len];
-        for ((((ov, &yv), &xv), &dv), &zv) in o.iter_mut().zip(&s.y).zip(x).zip(wt.d).zip(z) {
-            *ov = (yv + xv * dv) * silu::<F>(zv);
+        ssm_gate::<F>(&s.y, x, z, wt.d, &mut out[t * e_len..(t + 1) * e_len]);
+    }
+}
+
+/// `dt = softplus(dt_low @ dt_w + dt_b)` and `dt·x` for one hop (`dt_low`: the hop's first R
+/// `dbc` values).
+#[inline(always)]
+fn ssm_dt<const F: bool>(
+    dt_low: &[f32],
+    x: &[f32],
+    wt: &SsmWeights,
+    dt: &mut [f32],
+    dtx: &mut [f32],
+) {
+    let e_len = x.len();
+    dt[..e_len].fill(0.0);
+    for (&c, wr) in dt_low.iter().zip(wt.dt_w.chunks_exact(e_len)) {
+        for (a, &wv) in dt.iter_mut().zip(wr) {
+            *a += c * wv;
         }
+    }
+    for (((dt, dtx), &b), &xv) in dt.iter_mut().zip(dtx.iter_mut()).zip(wt.dt_b).zip(x) {
+        *dt = softplus::<F>(*dt + b);
+        *dtx = *dt * xv;
+    }
+}
+
+/// The SSM's output for one hop: `(y + x·D) · silu(z)`.
+#[inline(always)]
+fn ssm_gate<const F: bool>(y: &[f32], x: &[f32], z: &[f32], d: &[f32], out: &mut [f32]) {
+    for ((((ov, &yv), &xv), &dv), &zv) in out.iter_mut().zip(y).zip(x).zip(d).zip(z) {
+        *ov = (yv + xv * dv) * silu::<F>(zv);
     }
 }
 
@@ -246,9 +264,11 @@ const SSM_TILE: usize = 16;
 
 /// [`ssm_row_impl`] for AVX-512 CPUs and `d_state` 16, the same arithmetic in the same order
 /// (so bit-identical to the AVX2 build): per tile of [`SSM_TILE`] hops, dt and dt·x for the
-/// tile first, then per block of 16 channels the 16 state rows stay in 16 zmm registers across
-/// the tile's hops (the plain kernel loads and stores `h` and `y` for every hop and state row),
-/// then the gated output. Channels past the last full block run the plain per-channel maths.
+/// tile first, then per block of 16 channels the block's 16 state rows are carried in a local
+/// array of 16 vectors across the tile's hops, `y` in a register (the plain kernel loads and
+/// stores `h [N, E]` and `y [E]` for every hop and state row), then the gated output. (The
+/// compiler keeps that array on the stack, in L1; a hand-unrolled form that kept it in registers
+/// measured no faster.) Channels past the last full block run the plain per-channel maths.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
 #[allow(clippy::too_many_arguments)]
@@ -277,20 +297,13 @@ fn ssm_row_avx512(
         // dt = softplus(dt_low @ dt_w + dt_b), dt·x: as ssm_row_impl, per hop of the tile
         for i in 0..tn {
             let t = t0 + i;
-            let dbc = &row.dbc[t * width..(t + 1) * width];
-            let x = &row.xc[t * e_len..(t + 1) * e_len];
-            let dt = &mut s.dt[i * e_len..(i + 1) * e_len];
-            let dtx = &mut s.dtx[i * e_len..(i + 1) * e_len];
-            dt.fill(0.0);
-            for (&c, wr) in dbc[..r_len].iter().zip(wt.dt_w.chunks_exact(e_len)) {
-                for (a, &wv) in dt.iter_mut().zip(wr) {
-                    *a += c * wv;
-                }
-            }
-            for (((dt, dtx), &b), &xv) in dt.iter_mut().zip(dtx.iter_mut()).zip(wt.dt_b).zip(x) {
-                *dt = softplus::<true>(*dt + b);
-                *dtx = *dt * xv;
-            }
+            ssm_dt::<true>(
+                &row.dbc[t * width..t * width + r_len],
+                &row.xc[t * e_len..(t + 1) * e_len],
+                wt,
+                &mut s.dt[i * e_len..(i + 1) * e_len],
+                &mut s.dtx[i * e_len..(i + 1) * e_len],
+            );
         }
         // the scan, 16 channels at a time with their state in registers
         for blk in 0..blocks {
@@ -345,13 +358,13 @@ fn ssm_row_avx512(
         // out = (y + x·D) · silu(z)
         for i in 0..tn {
             let t = t0 + i;
-            let x = &row.xc[t * e_len..(t + 1) * e_len];
-            let z = &row.xz[t * 2 * e_len + e_len..(t + 1) * 2 * e_len];
-            let y = &s.y[i * e_len..(i + 1) * e_len];
-            let o = &mut out[t * e_len..(t + 1) * e_len];
-            for ((((ov, &yv), &xv), &dv), &zv) in o.iter_mut().zip(y).zip(x).zip(wt.d).zip(z) {
-                *ov = (yv + xv * dv) * silu::<true>(zv);
-            }
+            ssm_gate::<true>(
+                &s.y[i * e_len..(i + 1) * e_len],
+                &row.xc[t * e_len..(t + 1) * e_len],
+                &row.xz[t * 2 * e_len + e_len..(t + 1) * 2 * e_len],
+                wt.d,
+                &mut out[t * e_len..(t + 1) * e_len],
+            );
         }
         t0 += tn;
     }
