@@ -252,3 +252,77 @@ fn a_broken_layer_graph_is_a_clear_error() {
         "MambaLayer",
     );
 }
+
+/// The fused CPU kernels at each vector level (`MAMBATAG_CPU_SIMD`) on the default model through
+/// the CLI: AVX2 and AVX-512 byte-identical (same per-lane arithmetic), the scalar build (no
+/// FMA) within float rounding, and a bad value reported and ignored. On a CPU without AVX-512
+/// the first comparison runs AVX2 twice, which the output says.
+#[test]
+fn cpu_simd_levels_give_the_same_frames() {
+    let model = repo().join("models/default");
+    let demo = repo().join("demo/demo.flac");
+    let run = |level: Option<&str>| {
+        let mut c = std::process::Command::new(bin());
+        c.args([
+            "tag",
+            "--frames",
+            "--kernels",
+            "fused",
+            "--engine",
+            "chunk",
+            "--model",
+        ])
+        .arg(&model)
+        .arg(&demo);
+        match level {
+            Some(l) => c.env("MAMBATAG_CPU_SIMD", l),
+            None => c.env_remove("MAMBATAG_CPU_SIMD"),
+        };
+        let o = c.output().expect("run mambatag");
+        assert!(o.status.success(), "{}", stderr(&o));
+        o
+    };
+    let best = run(None);
+    let avx2 = run(Some("avx2"));
+    let level = mambatag::engine::fused::cpu::Simd::detected();
+    println!(
+        "this CPU's vector level: {level:?} (the first comparison needs Avx512 to compare two)"
+    );
+    assert!(stdout(&best).lines().count() >= 900, "9 s of frames");
+    assert_eq!(
+        stdout(&best),
+        stdout(&avx2),
+        "AVX-512 and AVX2 frames differ"
+    );
+    let scalar = run(Some("scalar"));
+    let scores = |o: &std::process::Output| -> Vec<f64> {
+        stdout(o)
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter_map(|v| v.get("scores").cloned())
+            .flat_map(|s| {
+                s.as_object()
+                    .unwrap()
+                    .values()
+                    .map(|x| x.as_f64().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (a, b) = (scores(&best), scores(&scalar));
+    assert_eq!(a.len(), b.len());
+    let max = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    println!("scalar vs vector kernels, default model on demo.flac: max abs difference {max:e}");
+    assert!(max <= 1e-5, "{max}");
+    let bad = run(Some("avx-2"));
+    assert!(
+        stderr(&bad).contains("MAMBATAG_CPU_SIMD=\"avx-2\" is not one of"),
+        "{}",
+        stderr(&bad)
+    );
+    assert_eq!(stdout(&bad), stdout(&best));
+}

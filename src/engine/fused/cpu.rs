@@ -584,18 +584,27 @@ impl Simd {
 
     /// The level the kernels run at: [`Simd::detected`], lowered by `MAMBATAG_CPU_SIMD`
     /// (`scalar`, `avx2` or `avx512`; for A/B benchmarks in one binary) when that is set to a
-    /// level at or below it. Read once per process.
+    /// level at or below it; any other value is reported on stderr and ignored. Read once per
+    /// process.
     pub fn current() -> Simd {
         static LEVEL: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
         *LEVEL.get_or_init(|| {
             let have = Simd::detected();
-            match std::env::var("MAMBATAG_CPU_SIMD")
-                .ok()
-                .as_deref()
-                .map(Simd::parse)
-            {
-                Some(Some(want)) => want.min(have),
-                _ => have,
+            let Ok(v) = std::env::var("MAMBATAG_CPU_SIMD") else {
+                return have;
+            };
+            match Simd::parse(&v) {
+                Some(want) if want <= have => want,
+                Some(_) => {
+                    eprintln!("mambatag: MAMBATAG_CPU_SIMD={v}: this CPU has only {have:?}; using {have:?}");
+                    have
+                }
+                None => {
+                    eprintln!(
+                        "mambatag: MAMBATAG_CPU_SIMD={v:?} is not one of scalar, avx2, avx512; using {have:?}"
+                    );
+                    have
+                }
             }
         })
     }
