@@ -283,10 +283,11 @@ fn ssm_row_avx512(
 ) {
     use std::arch::x86_64::*;
     const N: usize = 16;
-    debug_assert_eq!(dm.n, N);
     let (t_len, e_len, r_len) = (dm.t, dm.e, dm.r);
     let width = r_len + 2 * N;
     let blocks = e_len / 16;
+    // the bounds the unsafe block relies on (the safe indexing elsewhere checks its own)
+    assert!(dm.n == N && h0.len() == N * e_len && wt.a2.len() >= N * e_len);
     h.copy_from_slice(h0);
     for v in [&mut s.dt, &mut s.dtx, &mut s.y] {
         v.resize(SSM_TILE * e_len, 0.0);
@@ -305,7 +306,7 @@ fn ssm_row_avx512(
                 &mut s.dtx[i * e_len..(i + 1) * e_len],
             );
         }
-        // the scan, 16 channels at a time with their state in registers
+        // the scan, 16 channels at a time, their 16 state vectors carried across the tile
         for blk in 0..blocks {
             let e0 = blk * 16;
             // SAFETY: every pointer below indexes a slice at n * e_len + e0 + 0..16 or
@@ -563,8 +564,13 @@ pub enum Simd {
 }
 
 impl Simd {
-    /// What this CPU has.
+    /// What this CPU has (checked once per process).
     pub fn detected() -> Simd {
+        static HAVE: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+        *HAVE.get_or_init(Simd::probe)
+    }
+
+    fn probe() -> Simd {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 =
@@ -620,8 +626,8 @@ impl Simd {
 }
 
 /// `$name_at(level, args)`: `$body` (an `#[inline(always)]` kernel call) compiled three times,
-/// for the scalar baseline, AVX2+FMA and AVX-512, and picked by `level`, which must not exceed
-/// [`Simd::detected`] (callers pass [`Simd::current`] or a level below it).
+/// for the scalar baseline, AVX2+FMA and AVX-512, and picked by `level`, capped at
+/// [`Simd::detected`] (so no level can run instructions the CPU lacks).
 macro_rules! simd_dispatch {
     ($name:ident, ($($arg:ident: $ty:ty),*), |$f:ident| $body:expr) => {
         #[allow(clippy::too_many_arguments)]
@@ -638,8 +644,8 @@ macro_rules! simd_dispatch {
                     const $f: bool = true;
                     $body
                 }
-                match level {
-                    // SAFETY: the level is at most what the CPU has (Simd::detected).
+                match level.min(Simd::detected()) {
+                    // SAFETY: capped at what the CPU has (Simd::detected).
                     Simd::Avx512 => return unsafe { avx512($($arg),*) },
                     Simd::Avx2 => return unsafe { avx2($($arg),*) },
                     Simd::Scalar => {}
@@ -694,7 +700,7 @@ pub fn ssm_row(
     ssm_row_with(Simd::current(), dm, row, wt, h0, out, h)
 }
 
-/// [`ssm_row`] at a given [`Simd`] level (at most [`Simd::detected`]).
+/// [`ssm_row`] at a given [`Simd`] level (capped at [`Simd::detected`]).
 pub fn ssm_row_with(
     level: Simd,
     dm: &SsmDims,
@@ -709,8 +715,8 @@ pub fn ssm_row_with(
             v.resize(dm.e, 0.0);
         }
         #[cfg(target_arch = "x86_64")]
-        if level == Simd::Avx512 && dm.n == 16 {
-            // SAFETY: the level is at most what the CPU has (Simd::detected): AVX-512 F/VL, FMA.
+        if level.min(Simd::detected()) == Simd::Avx512 && dm.n == 16 {
+            // SAFETY: capped at what the CPU has (Simd::detected): AVX-512 F/VL and FMA.
             return unsafe { ssm_row_avx512(dm, row, wt, h0, out, h, s) };
         }
         ssm_rows_at(level, dm, row, wt, h0, out, h, s)
