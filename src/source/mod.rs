@@ -74,11 +74,8 @@ pub fn downmix(
         }
     }
     // a NaN or Inf in any channel makes the mix non-finite
-    let bad = out[start..].iter().position(|s| !s.is_finite());
-    if let Some(i) = bad {
+    if let Some(i) = out[start..].iter().position(|s| !s.is_finite()) {
         out.truncate(start + i);
-    }
-    if let Some(i) = bad {
         let t = (pos + i as u64) as f64 / rate as f64;
         anyhow::bail!("non-finite sample (NaN or Inf) at {t:.3} s; refusing to tag corrupt audio");
     }
