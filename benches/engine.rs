@@ -1,5 +1,7 @@
-//! Criterion benchmarks of the engine: one step at batch 1 and 16 (per call), and the whole
-//! file pipeline (decode + resample + model + events) on a 44.1 kHz stereo FLAC.
+//! Criterion benchmarks of the engine: one step at batch 1 and 16 (per call), the whole file
+//! pipeline (decode + resample + model + events) on a 44.1 kHz stereo FLAC, and the fused ops'
+//! selective-scan CPU kernel alone at each vector level this CPU has (`ssm_row/LEVEL`: one batch
+//! row of 250 hops at the default model's shape, d_inner 256, d_state 16, dt_rank 8).
 //!
 //! Model: `MAMBATAG_BENCH_MODEL` (a package dir or .onnx), default `models/default` when present,
 //! else `models/test-tiny`. File: `MAMBATAG_BENCH_FILE`, default a 30 s FLAC made with sox.
@@ -9,6 +11,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mambatag::batch::{self, BatchOptions, Report};
+use mambatag::engine::fused::cpu::{ssm_row_with, Simd, SsmRow, SsmWeights};
+use mambatag::engine::fused::SsmDims;
 use mambatag::engine::{Engine, EngineOptions};
 use mambatag::events::EventParams;
 use mambatag::model::ModelPackage;
@@ -106,5 +110,58 @@ fn file(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, steps, file);
+fn ssm_kernel(c: &mut Criterion) {
+    let (t, e, n, r) = (250usize, 256usize, 16usize, 8usize);
+    let v = |len: usize, k: usize| -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + k * 104_729) % 1000) as f32 / 1000.0 - 0.5) * 0.5)
+            .collect()
+    };
+    let (xc, xz, dbc) = (v(t * e, 1), v(t * 2 * e, 2), v(t * (r + 2 * n), 3));
+    let (dt_w, dt_b, d) = (v(r * e, 4), v(e, 5), v(e, 6));
+    let a2: Vec<f32> = v(n * e, 7)
+        .iter()
+        .map(|x| -(x.abs() + 0.05) * 8.0)
+        .collect();
+    let h0 = v(n * e, 8);
+    let dm = SsmDims {
+        b: 1,
+        t,
+        e,
+        n,
+        r,
+        rank3: true,
+    };
+    let row = SsmRow {
+        xc: &xc,
+        xz: &xz,
+        dbc: &dbc,
+    };
+    let wt = SsmWeights {
+        dt_w: &dt_w,
+        dt_b: &dt_b,
+        a2: &a2,
+        d: &d,
+    };
+    let (mut out, mut h) = (vec![0.0; t * e], vec![0.0; n * e]);
+    let mut g = c.benchmark_group("ssm_row");
+    g.throughput(Throughput::Elements(t as u64));
+    for level in [Simd::Scalar, Simd::Avx2, Simd::Avx512] {
+        if level > Simd::detected() {
+            continue;
+        }
+        g.bench_function(format!("{level:?}"), |b| {
+            b.iter(|| ssm_row_with(level, &dm, &row, &wt, &h0, &mut out, &mut h))
+        });
+    }
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    // no plots: the comparison plots of a group with several functions need system fonts,
+    // which headless machines (CI, the GPU host) lack
+    config = Criterion::default().without_plots();
+    targets = steps, file, ssm_kernel
+}
 criterion_main!(benches);
