@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use mambatag::batch::{self, BatchOptions, Report};
-use mambatag::engine::fused::cpu::{ssm_row_with, Simd, SsmRow, SsmWeights};
-use mambatag::engine::fused::SsmDims;
+use mambatag::engine::fused::cpu::{Simd, SsmCase};
 use mambatag::engine::{Engine, EngineOptions};
 use mambatag::events::EventParams;
 use mambatag::model::ModelPackage;
@@ -111,38 +110,8 @@ fn file(c: &mut Criterion) {
 }
 
 fn ssm_kernel(c: &mut Criterion) {
-    let (t, e, n, r) = (250usize, 256usize, 16usize, 8usize);
-    let v = |len: usize, k: usize| -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 7919 + k * 104_729) % 1000) as f32 / 1000.0 - 0.5) * 0.5)
-            .collect()
-    };
-    let (xc, xz, dbc) = (v(t * e, 1), v(t * 2 * e, 2), v(t * (r + 2 * n), 3));
-    let (dt_w, dt_b, d) = (v(r * e, 4), v(e, 5), v(e, 6));
-    let a2: Vec<f32> = v(n * e, 7)
-        .iter()
-        .map(|x| -(x.abs() + 0.05) * 8.0)
-        .collect();
-    let h0 = v(n * e, 8);
-    let dm = SsmDims {
-        b: 1,
-        t,
-        e,
-        n,
-        r,
-        rank3: true,
-    };
-    let row = SsmRow {
-        xc: &xc,
-        xz: &xz,
-        dbc: &dbc,
-    };
-    let wt = SsmWeights {
-        dt_w: &dt_w,
-        dt_b: &dt_b,
-        a2: &a2,
-        d: &d,
-    };
+    let case = SsmCase::new(250, 256, 16, 8);
+    let (t, e, n) = (case.dims.t, case.dims.e, case.dims.n);
     let (mut out, mut h) = (vec![0.0; t * e], vec![0.0; n * e]);
     let mut g = c.benchmark_group("ssm_row");
     g.throughput(Throughput::Elements(t as u64));
@@ -151,7 +120,7 @@ fn ssm_kernel(c: &mut Criterion) {
             continue;
         }
         g.bench_function(format!("{level:?}"), |b| {
-            b.iter(|| ssm_row_with(level, &dm, &row, &wt, &h0, &mut out, &mut h))
+            b.iter(|| case.run(level, &mut out, &mut h))
         });
     }
     g.finish();

@@ -12,12 +12,13 @@ sha256 and file names in its metadata under ``soup``.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
+import os
 import sys
 
 import numpy as np
 
+from models.data.build import sha256
 from models.weights import load_weights, save_weights
 
 FRONTEND = ("frontend.mean", "frontend.std")
@@ -54,8 +55,7 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:
         print(f"soup: {e}", file=sys.stderr)
         return 2
-    meta = [{"file": p.rsplit("/", 1)[-1], "sha256": hashlib.sha256(open(p, "rb").read()).hexdigest()}
-            for p in a.inputs]
+    meta = [{"file": os.path.basename(p), "sha256": sha256(p)} for p in a.inputs]
     save_weights(a.out, weights, config, {"soup": json.dumps(meta)})
     print(f"soup: mean of {len(a.inputs)} checkpoints -> {a.out}")
     return 0

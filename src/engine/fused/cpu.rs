@@ -219,13 +219,20 @@ fn ssm_row_impl<const F: bool>(
                 .zip(&s.dtx)
                 .zip(s.y.iter_mut())
             {
-                let v = madd::<F>(exp2_decay::<F>(dt * av), *hv, bn * dtx);
-                *hv = v;
-                *y = madd::<F>(cn, v, *y);
+                *y = state_step::<F>(hv, av, dt, bn * dtx, cn, *y);
             }
         }
         ssm_gate::<F>(&s.y, x, z, wt.d, &mut out[t * e_len..(t + 1) * e_len]);
     }
+}
+
+/// One state of one channel for one hop: `h' = 2^(dt·A·log2 e)·h + B·dt·x` (`bdtx` = B·dt·x),
+/// returning `y + C·h'`. (The AVX-512 kernel does the same operations on 16 lanes.)
+#[inline(always)]
+fn state_step<const F: bool>(h: &mut f32, a2: f32, dt: f32, bdtx: f32, c: f32, y: f32) -> f32 {
+    let v = madd::<F>(exp2_decay::<F>(dt * a2), *h, bdtx);
+    *h = v;
+    madd::<F>(c, v, y)
 }
 
 /// `dt = softplus(dt_low @ dt_w + dt_b)` and `dt·x` for one hop (`dt_low`: the hop's first R
@@ -259,7 +266,8 @@ fn ssm_gate<const F: bool>(y: &[f32], x: &[f32], z: &[f32], d: &[f32], out: &mut
     }
 }
 
-/// Hops per tile of [`ssm_row_avx512`]: its dt, dt·x and y scratch is `[SSM_TILE, E]` each.
+/// Hops per tile of [`ssm_row_avx512`]: its dt, dt·x and y scratch is `[min(T, SSM_TILE), E]`
+/// each (sized by [`ssm_row_with`]).
 const SSM_TILE: usize = 16;
 
 /// [`ssm_row_impl`] for AVX-512 CPUs and `d_state` 16, the same arithmetic in the same order
@@ -287,11 +295,10 @@ fn ssm_row_avx512(
     let width = r_len + 2 * N;
     let blocks = e_len / 16;
     // the bounds the unsafe block relies on (the safe indexing elsewhere checks its own)
+    let tile = SSM_TILE.min(t_len) * e_len;
     assert!(dm.n == N && h0.len() == N * e_len && wt.a2.len() >= N * e_len);
+    assert!(s.dt.len() >= tile && s.dtx.len() >= tile && s.y.len() >= tile);
     h.copy_from_slice(h0);
-    for v in [&mut s.dt, &mut s.dtx, &mut s.y] {
-        v.resize(SSM_TILE * e_len, 0.0);
-    }
     let mut t0 = 0;
     while t0 < t_len {
         let tn = SSM_TILE.min(t_len - t0);
@@ -310,8 +317,8 @@ fn ssm_row_avx512(
         for blk in 0..blocks {
             let e0 = blk * 16;
             // SAFETY: every pointer below indexes a slice at n * e_len + e0 + 0..16 or
-            // i * e_len + e0 + 0..16 with n < 16 = N, i < tn <= SSM_TILE, e0 + 16 <= e_len: in
-            // bounds of h [N, E], a2 [N, E] and the [SSM_TILE, E] scratch.
+            // i * e_len + e0 + 0..16 with n < 16 = N, i < tn <= min(T, SSM_TILE), e0 + 16 <=
+            // e_len: in bounds of h [N, E], a2 [N, E] and the scratch (asserted above).
             unsafe {
                 let mut hr = [_mm512_setzero_ps(); N];
                 for (n, r) in hr.iter_mut().enumerate() {
@@ -344,14 +351,8 @@ fn ssm_row_avx512(
                 let (dt, dtx) = (s.dt[i * e_len + c], s.dtx[i * e_len + c]);
                 let mut y = 0.0;
                 for n in 0..N {
-                    let hv = &mut h[n * e_len + c];
-                    let v = madd::<true>(
-                        exp2_decay::<true>(dt * wt.a2[n * e_len + c]),
-                        *hv,
-                        bc[n] * dtx,
-                    );
-                    *hv = v;
-                    y = madd::<true>(bc[N + n], v, y);
+                    let a = wt.a2[n * e_len + c];
+                    y = state_step::<true>(&mut h[n * e_len + c], a, dt, bc[n] * dtx, bc[N + n], y);
                 }
                 s.y[i * e_len + c] = y;
             }
@@ -700,6 +701,77 @@ pub fn ssm_row(
     ssm_row_with(Simd::current(), dm, row, wt, h0, out, h)
 }
 
+/// Deterministic values in [-1, 1) (xorshift32 from `seed`): inputs for the kernels' tests and
+/// benchmarks.
+#[doc(hidden)]
+pub fn test_signal(n: usize, seed: u32) -> Vec<f32> {
+    let mut x = seed.max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+/// One batch row of the SSM op with its weights, owned and deterministic ([`test_signal`]; `A`
+/// negative, as trained models have it): what the kernels' unit test and the `ssm_row`
+/// benchmark run.
+#[doc(hidden)]
+pub struct SsmCase {
+    pub dims: SsmDims,
+    pub xc: Vec<f32>,
+    pub xz: Vec<f32>,
+    pub dbc: Vec<f32>,
+    pub dt_w: Vec<f32>,
+    pub dt_b: Vec<f32>,
+    pub a2: Vec<f32>,
+    pub d: Vec<f32>,
+    pub h0: Vec<f32>,
+}
+
+impl SsmCase {
+    pub fn new(t: usize, e: usize, n: usize, r: usize) -> Self {
+        let v = test_signal;
+        SsmCase {
+            dims: SsmDims {
+                b: 1,
+                t,
+                e,
+                n,
+                r,
+                rank3: true,
+            },
+            xc: v(t * e, 11),
+            xz: v(t * 2 * e, 1),
+            dbc: v(t * (r + 2 * n), 5),
+            dt_w: v(r * e, 6),
+            dt_b: v(e, 7),
+            a2: v(n * e, 9).iter().map(|x| -(x.abs() + 0.1) * 5.0).collect(),
+            d: v(e, 8),
+            h0: v(n * e, 10),
+        }
+    }
+
+    /// [`ssm_row_with`] on this case: `out [T, E]`, `h [N, E]`.
+    pub fn run(&self, level: Simd, out: &mut [f32], h: &mut [f32]) {
+        let row = SsmRow {
+            xc: &self.xc,
+            xz: &self.xz,
+            dbc: &self.dbc,
+        };
+        let wt = SsmWeights {
+            dt_w: &self.dt_w,
+            dt_b: &self.dt_b,
+            a2: &self.a2,
+            d: &self.d,
+        };
+        ssm_row_with(level, &self.dims, &row, &wt, &self.h0, out, h)
+    }
+}
+
 /// [`ssm_row`] at a given [`Simd`] level (capped at [`Simd::detected`]).
 pub fn ssm_row_with(
     level: Simd,
@@ -710,12 +782,17 @@ pub fn ssm_row_with(
     out: &mut [f32],
     h: &mut [f32],
 ) {
+    let tiled =
+        cfg!(target_arch = "x86_64") && level.min(Simd::detected()) == Simd::Avx512 && dm.n == 16;
+    // the scratch holds one hop (plain kernel) or one tile of hops (tiled kernel); sized here
+    // once for the kernel that runs, so that a step does not refill a tile's worth
+    let rows = if tiled { SSM_TILE.min(dm.t) } else { 1 };
     SSM_SCRATCH.with_borrow_mut(|s| {
         for v in [&mut s.dt, &mut s.dtx, &mut s.y] {
-            v.resize(dm.e, 0.0);
+            v.resize(rows * dm.e, 0.0);
         }
         #[cfg(target_arch = "x86_64")]
-        if level.min(Simd::detected()) == Simd::Avx512 && dm.n == 16 {
+        if tiled {
             // SAFETY: capped at what the CPU has (Simd::detected): AVX-512 F/VL and FMA.
             return unsafe { ssm_row_avx512(dm, row, wt, h0, out, h, s) };
         }
@@ -808,19 +885,6 @@ pub fn layer_row(
 mod tests {
     use super::*;
 
-    /// Deterministic values in [-1, 1) (xorshift).
-    fn noise(n: usize, seed: u32) -> Vec<f32> {
-        let mut x = seed.max(1);
-        (0..n)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                (x >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
-
     #[test]
     fn simd_levels_are_bit_identical() {
         // The default model's shapes, 37 channels more than a multiple of 16 so that every
@@ -831,15 +895,12 @@ mod tests {
             .filter(|l| *l <= Simd::detected())
             .collect();
         println!("comparing {levels:?} (this CPU: {:?})", Simd::detected());
-        let xz = noise(t * 2 * e, 1);
-        let (cw, cb, cs) = (noise(k * e, 2), noise(e, 3), noise((k - 1) * e, 4));
-        let dbc = noise(t * (r + 2 * n), 5);
-        let (dt_w, dt_b, d) = (noise(r * e, 6), noise(e, 7), noise(e, 8));
-        let a2: Vec<f32> = noise(n * e, 9)
-            .iter()
-            .map(|v| -(v.abs() + 0.1) * 5.0)
-            .collect();
-        let h0 = noise(n * e, 10);
+        let case = SsmCase::new(t, e, n, r);
+        let (cw, cb, cs) = (
+            test_signal(k * e, 2),
+            test_signal(e, 3),
+            test_signal((k - 1) * e, 4),
+        );
         let run = |level: Simd| {
             let cd = ConvDims {
                 b: 1,
@@ -851,28 +912,9 @@ mod tests {
             let (mut xc, mut next, mut acc) =
                 (vec![0.0; t * e], vec![0.0; (k - 1) * e], vec![0.0; e]);
             let wt = ConvWeights { w: &cw, bias: &cb };
-            conv_row_at(level, &cd, &xz, &cs, &wt, &mut xc, &mut next, &mut acc);
-            let dm = SsmDims {
-                b: 1,
-                t,
-                e,
-                n,
-                r,
-                rank3: true,
-            };
-            let row = SsmRow {
-                xc: &xc,
-                xz: &xz,
-                dbc: &dbc,
-            };
-            let sw = SsmWeights {
-                dt_w: &dt_w,
-                dt_b: &dt_b,
-                a2: &a2,
-                d: &d,
-            };
+            conv_row_at(level, &cd, &case.xz, &cs, &wt, &mut xc, &mut next, &mut acc);
             let (mut y, mut h) = (vec![0.0; t * e], vec![0.0; n * e]);
-            ssm_row_with(level, &dm, &row, &sw, &h0, &mut y, &mut h);
+            case.run(level, &mut y, &mut h);
             let mut v = vec![0.0; e];
             vecmat_at(level, &y[..n], &h, &mut v);
             [xc, next, y, h, v].map(|a| a.iter().map(|f| f.to_bits()).collect::<Vec<u32>>())
