@@ -12,14 +12,15 @@ use symphonia::core::formats::{FormatOptions, FormatReader, TrackType};
 use symphonia::core::io::MediaSourceStream;
 use symphonia::core::meta::MetadataOptions;
 
-use super::{check_format, downmix, AudioSource, SourceInfo};
+use super::{check_format, downmix_planes, AudioSource, SourceInfo};
 
 pub struct FileSource {
     info: SourceInfo,
     format: Box<dyn FormatReader>,
     decoder: Box<dyn AudioDecoder>,
     track_id: u32,
-    interleaved: Vec<f32>,
+    /// one buffer per channel, reused across packets (planar: no interleaving pass)
+    planes: Vec<Vec<f32>>,
     frames_read: u64,
     decode_errors: u32,
 }
@@ -105,7 +106,7 @@ impl FileSource {
             format,
             decoder,
             track_id,
-            interleaved: Vec::new(),
+            planes: Vec::new(),
             frames_read: 0,
             decode_errors: 0,
         })
@@ -177,8 +178,12 @@ impl AudioSource for FileSource {
             if decoded.frames() == 0 {
                 continue;
             }
-            decoded.copy_to_vec_interleaved(&mut self.interleaved);
-            downmix(&self.interleaved, channels, self.frames_read, rate, out)?;
+            self.planes.resize_with(channels, Vec::new);
+            for plane in &mut self.planes {
+                plane.resize(decoded.frames(), 0.0);
+            }
+            decoded.copy_to_slice_planar(&mut self.planes);
+            downmix_planes(&self.planes, self.frames_read, rate, out)?;
             self.frames_read += decoded.frames() as u64;
             return Ok(true);
         }
