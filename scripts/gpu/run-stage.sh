@@ -33,7 +33,10 @@ LEFT=$(( BUDGET_S - ($(date +%s) - T0) ))
 MIN=$(python3 -c "print(round(($LEFT - 75) / 60, 2))")
 DEADLINE=$(python3 -c "print($MIN + 1.0)")
 # shellcheck disable=SC2206  # EXTRA is meant to be word-split
-CMD=(python3 models/train.py --bundle .data/bundle --out /tmp/$NAME --minutes "$MIN"
+# outputs under a folder of their own: on a warm machine /tmp/b holds prelude.sh's binaries, and
+# a run named b once wrote its weights there and tarred them up with them
+W=/tmp/stages; mkdir -p $W
+CMD=(python3 models/train.py --bundle .data/bundle --out $W/$NAME --minutes "$MIN"
   --deadline-minutes "$DEADLINE" --scan "$SCAN"
   --init "$INIT" --lr "$LR" --warmup 30 --consist-w 3 --maxpool-w 0.5 --val-every 100000
   --val-scenes 16 --seed "$SEED" --batch 32 $EXTRA)
@@ -45,5 +48,5 @@ echo "== $NAME: train.py exit $?"
 grep -E '"step": (25|100|300|500|800|1200|1600|2000|3000|4000)\b|"event": "(train_start|final|error|oom)"' /tmp/$NAME.log | cut -c1-300
 tail -n 2 /tmp/$NAME.log | cut -c1-300
 cp /tmp/$NAME.log $OUT/$NAME.log
-tar -C /tmp -czf $OUT/$NAME.tar.gz $NAME
+tar -C $W -czf $OUT/$NAME.tar.gz $NAME
 ls -la $OUT
