@@ -25,6 +25,15 @@ pub struct Thresholds {
 /// The ratio of the default off threshold to the on threshold (CONTRACT.md §6).
 pub const DEFAULT_OFF_RATIO: f32 = 0.7;
 
+/// Default moving-average window in frames (CLI `--smooth`, config `events.smooth`).
+pub const DEFAULT_SMOOTH: usize = 5;
+
+/// Default minimum event length in seconds (CLI `--min-duration`, config `events.min_duration`);
+/// an onset is announced once the event has lasted this long. 0.03 since 1.5.0: on its training
+/// scenes it announced 20 ms sooner than 0.05 at the same event F1 (within 0.01), and on the
+/// validation scenes 150 instead of 170 ms median at F1 0.419 vs 0.420 (model card).
+pub const DEFAULT_MIN_DURATION: f64 = 0.03;
+
 #[derive(Debug, Clone)]
 pub struct EventParams {
     pub thresholds: Vec<Thresholds>,

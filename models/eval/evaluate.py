@@ -347,7 +347,8 @@ def eval_clips(model, ym, pool, classes, max_clips=None, batch=64, log=print):
     return res
 
 
-def eval_scenes(model, ym, va_pool, classes, n_scenes, seconds, ym_thresholds, log=print):
+def eval_scenes(model, ym, va_pool, classes, n_scenes, seconds, ym_thresholds, log=print,
+                smooth=5, min_frames=3):
     X, Yt, events = gen_scenes(va_pool, n_scenes, seconds, seed=2027, mode="eval")
     N, L = X.shape
     T = L // HOP
@@ -357,7 +358,8 @@ def eval_scenes(model, ym, va_pool, classes, n_scenes, seconds, ym_thresholds, l
     log(f"scenes: mambatag {N} x {seconds:.0f} s in {time.process_time() - t0:.1f} s CPU")
     res = {"n_scenes": int(N), "seconds": seconds, "events_per_class": {}}
     fap, fmap = frame_ap(S, Yt, classes)
-    per, summ = scene_metrics(S, ft, events, classes, model.thresholds, smooth=5, min_frames=5)
+    per, summ = scene_metrics(S, ft, events, classes, model.thresholds, smooth=smooth,
+                              min_frames=min_frames)
     res["mambatag"] = {"frame_ap": fap, "frame_map": fmap, "per_class": per, "summary": summ,
                        "thresholds": model.thresholds}
     if ym is not None:
@@ -551,10 +553,12 @@ def markdown(R):
                 return "–"
             src = y["per_class"][k] if k else ys
             return fmt(src[key], d)
+        pp = ms["postprocessing"]
         L += [f"## Synthetic {split_name} scenes ({s['n_scenes']} × {s['seconds']:.0f} s, {ms['events']} events)", "",
               "Delays in ms, median / p90 over detected events. *score*: first frame whose raw score reaches the "
               "threshold (YAMNet: first patch, at the time the patch exists); *announced*: mambatag's CLI/daemon "
-              "event logic (5-frame moving average, 50 ms minimum duration, onset announced once it has lasted 50 ms).", "",
+              f"event logic ({pp['smooth_frames']}-frame moving average, {pp['min_frames'] * 10} ms minimum duration, "
+              f"onset announced once it has lasted {pp['min_frames'] * 10} ms).", "",
               "| class | events | mambatag frame AP | YAMNet frame AP held / aligned | mambatag score delay | mambatag announced delay | YAMNet score delay | mambatag miss | YAMNet miss |",
               "|---|---|---|---|---|---|---|---|---|"]
         for k in classes:
@@ -642,7 +646,16 @@ def main(argv=None):
                     help="val: the report. train: the same clips/scenes measurements on the TRAINING split "
                          "(its clips alone, eval-mode scenes mixed from the train pool), to choose between runs "
                          "without looking at validation")
+    ap.add_argument("--smooth", type=int, default=5, metavar="N",
+                    help="mambatag's event logic on the scenes: causal moving average over N frames "
+                         "(default 5, the CLI's --smooth default)")
+    ap.add_argument("--min-frames", type=int, default=3, metavar="N",
+                    help="mambatag's event logic on the scenes: minimum event length in frames, after "
+                         "which the onset is announced (default 3 = the CLI's --min-duration 0.03; "
+                         "it was 5 = 0.05 s up to 1.5.0's first evaluation)")
     a = ap.parse_args(argv)
+    if a.smooth < 1 or a.min_frames < 1:
+        ap.error(f"--smooth {a.smooth} / --min-frames {a.min_frames}: give at least 1 frame")
     if not (0.0 <= a.clip_lead_in <= 60.0):
         ap.error(f"--clip-lead-in {a.clip_lead_in}: give seconds in [0, 60]")
     os.makedirs(a.out, exist_ok=True)
@@ -686,7 +699,8 @@ def main(argv=None):
                 ym_th = yamnet_thresholds(ym, tr, classes, a.yamnet_tune_scenes, a.scene_seconds)
                 del tr
         R["scenes"] = eval_scenes(model, ym, va, classes, 2 if a.quick else a.scenes,
-                                  5.0 if a.quick else a.scene_seconds, ym_th)
+                                  5.0 if a.quick else a.scene_seconds, ym_th,
+                                  smooth=a.smooth, min_frames=a.min_frames)
     if "cpu" in only:
         R["cpu"] = cpu_cost(model, ym, reps=200 if a.quick else 3000)
     if a.stability_hours > 0:

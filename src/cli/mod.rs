@@ -47,10 +47,11 @@ pub struct EventArgs {
     #[arg(long = "threshold", value_name = "LABEL=ON[:OFF]")]
     pub thresholds: Vec<String>,
     /// Moving-average window over frames before thresholding.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = mambatag::events::DEFAULT_SMOOTH)]
     pub smooth: usize,
-    /// Events shorter than this many seconds are dropped.
-    #[arg(long, default_value_t = 0.05)]
+    /// Events shorter than this many seconds are dropped; an onset is announced once the event
+    /// has lasted this long.
+    #[arg(long, default_value_t = mambatag::events::DEFAULT_MIN_DURATION)]
     pub min_duration: f64,
 }
 

@@ -114,28 +114,28 @@ pub type Thresholds = BTreeMap<String, Spanned<ThresholdValue>>;
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     /// Moving average over this many frames.
-    #[serde(default = "five")]
+    #[serde(default = "default_smooth")]
     pub smooth: usize,
     /// Events shorter than this (seconds) are dropped.
-    #[serde(default = "min_dur")]
+    #[serde(default = "default_min_duration")]
     pub min_duration: f64,
     /// Label → threshold for every source.
     #[serde(default)]
     pub thresholds: Thresholds,
 }
 
-fn five() -> usize {
-    5
+fn default_smooth() -> usize {
+    crate::events::DEFAULT_SMOOTH
 }
-fn min_dur() -> f64 {
-    0.05
+fn default_min_duration() -> f64 {
+    crate::events::DEFAULT_MIN_DURATION
 }
 
 impl Default for EventsConfig {
     fn default() -> Self {
         Self {
-            smooth: 5,
-            min_duration: 0.05,
+            smooth: default_smooth(),
+            min_duration: default_min_duration(),
             thresholds: BTreeMap::new(),
         }
     }
