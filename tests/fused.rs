@@ -295,27 +295,10 @@ fn cpu_simd_levels_give_the_same_frames() {
         "AVX-512 and AVX2 frames differ"
     );
     let scalar = run(Some("scalar"));
-    let scores = |o: &std::process::Output| -> Vec<f64> {
-        stdout(o)
-            .lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter_map(|v| v.get("scores").cloned())
-            .flat_map(|s| {
-                s.as_object()
-                    .unwrap()
-                    .values()
-                    .map(|x| x.as_f64().unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
-    let (a, b) = (scores(&best), scores(&scalar));
-    assert_eq!(a.len(), b.len());
-    let max = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f64::max);
+    let max = max_abs_diff(
+        &frame_scores(&stdout(&best)),
+        &frame_scores(&stdout(&scalar)),
+    );
     println!("scalar vs vector kernels, default model on demo.flac: max abs difference {max:e}");
     assert!(max <= 1e-5, "{max}");
     let bad = run(Some("avx-2"));

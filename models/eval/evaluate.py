@@ -86,6 +86,12 @@ def hysteresis_events(s: np.ndarray, times: np.ndarray, thr: float, off_ratio: f
     return [(a, b) for a, b, _ in detect_events(s, times, thr, off_ratio, smooth=1, min_frames=1)]
 
 
+# The CLI/daemon's event-logic defaults in frames (src/events.rs: DEFAULT_SMOOTH,
+# DEFAULT_MIN_DURATION = 0.03 s = 3 hops of 10 ms).
+EVENT_SMOOTH = 5
+EVENT_MIN_FRAMES = 3
+
+
 def detect_events(s, times, thr, off_ratio=0.7, smooth=1, min_frames=1):
     """The engine's event logic (src/events.rs): causal moving average over `smooth` frames,
     on at >= thr, off below off_ratio*thr, events shorter than `min_frames` dropped; an onset is
@@ -348,7 +354,7 @@ def eval_clips(model, ym, pool, classes, max_clips=None, batch=64, log=print):
 
 
 def eval_scenes(model, ym, va_pool, classes, n_scenes, seconds, ym_thresholds, log=print,
-                smooth=5, min_frames=3):
+                smooth=EVENT_SMOOTH, min_frames=EVENT_MIN_FRAMES):
     X, Yt, events = gen_scenes(va_pool, n_scenes, seconds, seed=2027, mode="eval")
     N, L = X.shape
     T = L // HOP
@@ -554,11 +560,12 @@ def markdown(R):
             src = y["per_class"][k] if k else ys
             return fmt(src[key], d)
         pp = ms["postprocessing"]
+        min_ms = pp["min_frames"] * HOP / SR * 1000
         L += [f"## Synthetic {split_name} scenes ({s['n_scenes']} × {s['seconds']:.0f} s, {ms['events']} events)", "",
               "Delays in ms, median / p90 over detected events. *score*: first frame whose raw score reaches the "
               "threshold (YAMNet: first patch, at the time the patch exists); *announced*: mambatag's CLI/daemon "
-              f"event logic ({pp['smooth_frames']}-frame moving average, {pp['min_frames'] * 10} ms minimum duration, "
-              f"onset announced once it has lasted {pp['min_frames'] * 10} ms).", "",
+              f"event logic ({pp['smooth_frames']}-frame moving average, {min_ms:.0f} ms minimum duration, "
+              f"onset announced once it has lasted {min_ms:.0f} ms).", "",
               "| class | events | mambatag frame AP | YAMNet frame AP held / aligned | mambatag score delay | mambatag announced delay | YAMNet score delay | mambatag miss | YAMNet miss |",
               "|---|---|---|---|---|---|---|---|---|"]
         for k in classes:
@@ -646,13 +653,13 @@ def main(argv=None):
                     help="val: the report. train: the same clips/scenes measurements on the TRAINING split "
                          "(its clips alone, eval-mode scenes mixed from the train pool), to choose between runs "
                          "without looking at validation")
-    ap.add_argument("--smooth", type=int, default=5, metavar="N",
+    ap.add_argument("--smooth", type=int, default=EVENT_SMOOTH, metavar="N",
                     help="mambatag's event logic on the scenes: causal moving average over N frames "
-                         "(default 5, the CLI's --smooth default)")
-    ap.add_argument("--min-frames", type=int, default=3, metavar="N",
+                         f"(default {EVENT_SMOOTH}, the CLI's --smooth default)")
+    ap.add_argument("--min-frames", type=int, default=EVENT_MIN_FRAMES, metavar="N",
                     help="mambatag's event logic on the scenes: minimum event length in frames, after "
-                         "which the onset is announced (default 3 = the CLI's --min-duration 0.03; "
-                         "it was 5 = 0.05 s up to 1.5.0's first evaluation)")
+                         f"which the onset is announced (default {EVENT_MIN_FRAMES} = the CLI's --min-duration "
+                         "0.03; it was 5 = 0.05 s up to 1.5.0's first evaluation)")
     a = ap.parse_args(argv)
     if a.smooth < 1 or a.min_frames < 1:
         ap.error(f"--smooth {a.smooth} / --min-frames {a.min_frames}: give at least 1 frame")

@@ -151,3 +151,14 @@ def test_clip_lead_in_is_applied_and_reported(tmp_path):
     assert "after 0.48 s of silence" in (tmp_path / "b" / "eval.md").read_text()
     assert R0["clips"]["positives"] == R1["clips"]["positives"]
     assert R0["clips"]["mambatag"]["ap"] != R1["clips"]["mambatag"]["ap"]
+
+
+def test_event_logic_defaults_match_the_engine():
+    """The evaluation's default event logic is the CLI/daemon's (src/events.rs), so "announced"
+    delays in eval.md are what a user of the defaults gets."""
+    import re
+    src = (REPO / "src" / "events.rs").read_text()
+    smooth = int(re.search(r"pub const DEFAULT_SMOOTH: usize = (\d+);", src).group(1))
+    min_s = float(re.search(r"pub const DEFAULT_MIN_DURATION: f64 = ([0-9.]+);", src).group(1))
+    assert ev.EVENT_SMOOTH == smooth
+    assert ev.EVENT_MIN_FRAMES == round(min_s * ev.SR / ev.HOP)

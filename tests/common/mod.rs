@@ -160,6 +160,30 @@ pub fn hop_audio(t: usize, row: usize, out: &mut [f32]) {
     }
 }
 
+/// The per-frame lines of a `tag --frames` run's stdout: each frame's time and its scores (in
+/// the line's label order, the same for every line and run).
+pub fn frame_lines(out: &str) -> Vec<(f64, Vec<f32>)> {
+    out.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line"))
+        .filter_map(|v| {
+            let scores = v.get("scores")?.as_object()?;
+            let t = v.get("time")?.as_f64()?;
+            Some((
+                t,
+                scores
+                    .values()
+                    .map(|s| s.as_f64().unwrap() as f32)
+                    .collect(),
+            ))
+        })
+        .collect()
+}
+
+/// All scores of all frames of a `tag --frames` run's stdout, frame after frame.
+pub fn frame_scores(out: &str) -> Vec<f32> {
+    frame_lines(out).into_iter().flat_map(|(_, s)| s).collect()
+}
+
 /// Largest absolute difference between two equally long score vectors.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "score count");
