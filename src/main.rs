@@ -50,6 +50,14 @@ fn main() -> ExitCode {
     } else {
         format!("{level},ort=warn")
     };
+    // symphonia logs its own ERROR/WARN lines for bad files ("probe reached EOF at 1000 bytes",
+    // "expected 88200 frames but only read 40960"), without the path, next to the error the
+    // source reports for the same file with its path. `--log symphonia=warn` brings them back.
+    let level = if level.contains("symphonia") {
+        level
+    } else {
+        format!("{level},symphonia=off")
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&level));
     tracing_subscriber::fmt()
