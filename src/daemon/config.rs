@@ -17,14 +17,23 @@ use crate::events::EventParams;
 use crate::model::{ModelInfo, ModelPackage};
 use crate::source::PcmFormat;
 
-/// A configuration error with its location.
+/// A configuration error with its location (`file:line:col: what`; line 0 = no position, e.g.
+/// an unreadable file or a key that was missing altogether: `file: what`).
 #[derive(Debug, thiserror::Error)]
-#[error("{file}:{line}:{col}: {what}")]
+#[error("{file}{}: {what}", position(*.line, *.col))]
 pub struct ConfigError {
     pub file: String,
     pub line: usize,
     pub col: usize,
     pub what: String,
+}
+
+fn position(line: usize, col: usize) -> String {
+    if line == 0 {
+        String::new()
+    } else {
+        format!(":{line}:{col}")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -517,6 +526,18 @@ mod tests {
         let e = parse("threads = 1\n\n[api]\nlisten = \"127.0.0.1:1\"\nbogus = 3\n").unwrap_err();
         assert_eq!(e.line, 5, "{e}");
         assert!(e.to_string().contains("api.bogus"), "{e}");
+    }
+
+    #[test]
+    fn positions_print_only_when_known() {
+        let e = parse("threads = 1\n\n[api]\nlisten = \"127.0.0.1:1\"\nbogus = 3\n").unwrap_err();
+        assert!(e.to_string().starts_with(&format!("{}:5:", e.file)), "{e}");
+        let e = Loaded::read(Path::new("/nonexistent/mambatag.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/mambatag.toml: cannot read the configuration: "),
+            "{e}"
+        );
     }
 
     #[test]
