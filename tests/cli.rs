@@ -486,3 +486,54 @@ fn closed_stdout_ends_quietly() {
         );
     }
 }
+
+/// `bench` refuses counts of zero by name (`--steps 0` used to panic on an empty list of
+/// timings; `--streams 0` and `--chunk-streams 0` were silently dropped or measured as 1).
+#[test]
+fn bench_refuses_zero_counts() {
+    for (flag, value, why) in [
+        ("--steps", "0", "--steps 0: at least one timed step"),
+        ("--min-steps", "0", "--min-steps 0: at least one timed step"),
+        (
+            "--streams",
+            "4,0",
+            "--streams 0: a batch needs at least one stream",
+        ),
+        (
+            "--chunk-streams",
+            "0",
+            "--chunk-streams 0: a batch needs at least one stream",
+        ),
+    ] {
+        let model = tiny();
+        let mut args = vec!["bench", "--model", &model, flag, value];
+        if flag != "--steps" {
+            args.extend(["--steps", "20"]);
+        }
+        let o = mambatag(&args);
+        assert_no_panic(&o);
+        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{flag} {value}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty(), "{flag} {value}: {}", stdout(&o));
+    }
+    // The same command with sound counts measures what was asked.
+    let o = mambatag(&[
+        "bench",
+        "--model",
+        &tiny(),
+        "--steps",
+        "20",
+        "--streams",
+        "4",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let streams: Vec<u64> = j["batches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["streams"].as_u64().unwrap())
+        .collect();
+    assert_eq!(streams, vec![1, 4, 16], "{j}");
+}

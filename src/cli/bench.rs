@@ -10,7 +10,7 @@ use clap::Args;
 
 use mambatag::batch::{self, BatchOptions, Report};
 use mambatag::engine::Engine;
-use mambatag::events::EventParams;
+use mambatag::events::{self, EventParams};
 use mambatag::resample::Quality;
 use mambatag::source::{AudioSource, FileSource};
 
@@ -101,13 +101,34 @@ fn measure(engine: &mut Engine, steps: usize) -> Result<BatchResult> {
     })
 }
 
+/// Counts of zero would time nothing (`--steps 0`) or measure a batch other than the one asked
+/// for (`--streams 0`): refuse them by name instead.
+fn check(a: &BenchArgs) -> Result<()> {
+    if a.steps == 0 {
+        anyhow::bail!("--steps 0: at least one timed step is needed");
+    }
+    if a.min_steps == 0 {
+        anyhow::bail!("--min-steps 0: at least one timed step is needed");
+    }
+    for (flag, list) in [
+        ("--streams", &a.streams),
+        ("--chunk-streams", &a.chunk_streams),
+    ] {
+        if list.contains(&0) {
+            anyhow::bail!("{flag} 0: a batch needs at least one stream");
+        }
+    }
+    Ok(())
+}
+
 pub fn run(a: BenchArgs) -> Result<ExitCode> {
+    check(&a)?;
     let pkg = a.model.package()?;
     let opts = a.model.engine_options();
     let mut engine = Engine::load(&pkg.step, &opts, 1, 1)?;
     let info = engine.info().clone();
     let mut sizes = vec![1usize, 16];
-    sizes.extend(a.streams.iter().copied().filter(|s| *s > 0));
+    sizes.extend(a.streams.iter().copied());
     sizes.sort_unstable();
     sizes.dedup();
     let mut results = Vec::new();
@@ -116,7 +137,7 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         let steps = if b <= 16 {
             a.steps
         } else {
-            (a.steps * 16 / b).max(a.min_steps.max(1))
+            (a.steps * 16 / b).max(a.min_steps)
         };
         results.push(measure(&mut engine, steps)?);
     }
@@ -129,14 +150,14 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         let mut ce = Engine::load(c, &opts, 1, a.chunk_frames)?;
         let t = ce.frames_per_call();
         for &b in &a.chunk_streams {
-            ce.resize(b.max(1))?;
-            let calls = (a.steps / 20 / b.max(1)).clamp(3, 50);
+            ce.resize(b)?;
+            let calls = (a.steps / 20 / b).clamp(3, 50);
             let r = measure(&mut ce, calls)?;
             // Frames per second over all streams: B·T frames per call.
-            let fps = (b.max(1) * t) as f64 / (r.per_stream_us * b.max(1) as f64) * 1e6;
+            let fps = (b * t) as f64 / (r.per_stream_us * b as f64) * 1e6;
             // the session run alone (on CUDA: without the audio upload and scores download)
-            let fps_model = (b.max(1) * t) as f64 / r.model_us.max(1e-3) * 1e6;
-            chunk_rows.push((b.max(1), t, r.p50_us, fps, fps_model));
+            let fps_model = (b * t) as f64 / r.model_us.max(1e-3) * 1e6;
+            chunk_rows.push((b, t, r.p50_us, fps, fps_model));
         }
     }
     let mut file_rtf = None;
@@ -148,7 +169,12 @@ pub fn run(a: BenchArgs) -> Result<ExitCode> {
         let bopts = BatchOptions {
             lanes: 1,
             quality: Quality::Fft,
-            events: EventParams::from_model(&info, &[], 5, 0.05)?,
+            events: EventParams::from_model(
+                &info,
+                &[],
+                events::DEFAULT_SMOOTH,
+                events::DEFAULT_MIN_DURATION,
+            )?,
             frames: false,
         };
         let open = |_: usize| -> Result<Box<dyn AudioSource>> {
