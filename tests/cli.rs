@@ -537,3 +537,29 @@ fn bench_refuses_zero_counts() {
         .collect();
     assert_eq!(streams, vec![1, 4, 16], "{j}");
 }
+
+/// `tag` refuses zero engines, lanes or threads and a negative CUDA index by name (they used to
+/// be read as 1, or as ONNX Runtime's "every core" for `--threads 0`).
+#[test]
+fn tag_refuses_zero_counts() {
+    let f = tiny_model().join("fixture.wav");
+    for (args, why) in [
+        (&["--jobs", "0"][..], "--jobs 0: at least one engine"),
+        (&["--lanes", "0"][..], "--lanes 0: at least one lane"),
+        (&["--threads", "0"][..], "--threads 0: at least one thread"),
+        (
+            &["--cuda-device=-1"][..],
+            "--cuda-device -1: a CUDA device index is 0 or more",
+        ),
+    ] {
+        let model = tiny();
+        let mut all = vec!["tag", "--model", &model];
+        all.extend_from_slice(args);
+        all.push(f.to_str().unwrap());
+        let o = mambatag(&all);
+        assert_no_panic(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{args:?}: {}", stderr(&o));
+        assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
+    }
+}

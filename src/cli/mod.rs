@@ -56,7 +56,19 @@ pub struct EventArgs {
 }
 
 impl ModelArgs {
+    /// Finds the model package; first refuses option values that ONNX Runtime would
+    /// reinterpret (`--threads 0` is its "one thread per core") or reject later with a less
+    /// clear message.
     pub fn package(&self) -> Result<ModelPackage> {
+        if self.threads == 0 {
+            anyhow::bail!("--threads 0: at least one thread per engine is needed");
+        }
+        if self.cuda_device < 0 {
+            anyhow::bail!(
+                "--cuda-device {}: a CUDA device index is 0 or more (`nvidia-smi -L` lists them)",
+                self.cuda_device
+            );
+        }
         let path = match &self.model {
             Some(p) => p.clone(),
             None => mambatag::default_model_path().ok_or_else(|| {

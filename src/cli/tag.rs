@@ -170,6 +170,12 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
             bail!("--engine chunk: {} has no chunk.onnx", pkg.root.display())
         }
     };
+    if a.jobs == Some(0) {
+        bail!("--jobs 0: at least one engine is needed");
+    }
+    if a.lanes == Some(0) {
+        bail!("--lanes 0: at least one lane per engine is needed");
+    }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // One GPU engine with many lanes beats many engines sharing a GPU; each lane decodes on
     // its own thread, so the lanes keep the cores busy.
