@@ -562,4 +562,13 @@ fn tag_refuses_zero_counts() {
         assert!(stderr(&o).contains(why), "{args:?}: {}", stderr(&o));
         assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
     }
+    // `listen` checks the same options before it opens any input.
+    let o = mambatag(&["listen", "--model", &tiny(), "--threads", "0"]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--threads 0: at least one thread"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -37,6 +37,7 @@ pub struct ListenArgs {
 }
 
 pub fn run(a: ListenArgs) -> Result<ExitCode> {
+    a.model.check()?;
     let sig = mambatag::daemon::signals()?;
     let model = match &a.model.model {
         Some(p) => p.clone(),

@@ -56,10 +56,9 @@ pub struct EventArgs {
 }
 
 impl ModelArgs {
-    /// Finds the model package; first refuses option values that ONNX Runtime would
-    /// reinterpret (`--threads 0` is its "one thread per core") or reject later with a less
-    /// clear message.
-    pub fn package(&self) -> Result<ModelPackage> {
+    /// Refuses option values that ONNX Runtime would reinterpret (`--threads 0` is its "one
+    /// thread per core") or reject later with a less clear message.
+    pub fn check(&self) -> Result<()> {
         if self.threads == 0 {
             anyhow::bail!("--threads 0: at least one thread per engine is needed");
         }
@@ -69,6 +68,12 @@ impl ModelArgs {
                 self.cuda_device
             );
         }
+        Ok(())
+    }
+
+    /// Finds the model package (after `check`).
+    pub fn package(&self) -> Result<ModelPackage> {
+        self.check()?;
         let path = match &self.model {
             Some(p) => p.clone(),
             None => mambatag::default_model_path().ok_or_else(|| {
