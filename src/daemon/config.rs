@@ -336,6 +336,13 @@ impl Loaded {
         if c.threads == 0 {
             return Err(self.error_at(0..0, "threads", "must be at least 1"));
         }
+        if c.cuda.device_id < 0 {
+            return Err(self.error_at(
+                0..0,
+                "cuda.device_id",
+                "must be 0 or more (`nvidia-smi -L` lists the GPUs)",
+            ));
+        }
         self.model_package()?;
         let listen = c.api.listen.get_ref();
         if !listen.is_empty() {
@@ -536,6 +543,19 @@ mod tests {
         assert!(
             e.to_string()
                 .starts_with("/nonexistent/mambatag.toml: cannot read the configuration: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn negative_cuda_device_is_refused() {
+        let mut text = String::from("[cuda]\ndevice_id = -1\n");
+        let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/test-tiny");
+        text.insert_str(0, &format!("model = \"{model}\"\n"));
+        let e = parse(&text).and_then(|l| l.check()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("key `cuda.device_id`: must be 0 or more"),
             "{e}"
         );
     }
