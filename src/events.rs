@@ -43,6 +43,18 @@ pub struct EventParams {
     pub min_duration: f64,
 }
 
+/// The event logic's own settings, whatever the labels: a smoothing window of at least one
+/// frame and a finite, non-negative minimum duration (errors name the CLI flags).
+pub fn check_logic(smooth: usize, min_duration: f64) -> Result<()> {
+    if smooth == 0 {
+        bail!("--smooth must be at least 1 frame");
+    }
+    if !(min_duration >= 0.0 && min_duration.is_finite()) {
+        bail!("--min-duration must be a non-negative number of seconds");
+    }
+    Ok(())
+}
+
 impl EventParams {
     /// Defaults from the model, then user overrides `label=on[:off]`.
     pub fn from_model(
@@ -69,12 +81,7 @@ impl EventParams {
             };
             thresholds[i] = t;
         }
-        if smooth == 0 {
-            bail!("--smooth must be at least 1 frame");
-        }
-        if !(min_duration >= 0.0 && min_duration.is_finite()) {
-            bail!("--min-duration must be a non-negative number of seconds");
-        }
+        check_logic(smooth, min_duration)?;
         Ok(Self {
             thresholds,
             smooth,

@@ -562,13 +562,20 @@ fn tag_refuses_zero_counts() {
         assert!(stderr(&o).contains(why), "{args:?}: {}", stderr(&o));
         assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
     }
-    // `listen` checks the same options before it opens any input.
-    let o = mambatag(&["listen", "--model", &tiny(), "--threads", "0"]);
-    assert_no_panic(&o);
-    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
-    assert!(
-        stderr(&o).contains("--threads 0: at least one thread"),
-        "{}",
-        stderr(&o)
-    );
+    // `listen` checks the same options, and the event logic's, before it opens any input, with
+    // `tag`'s wording (it used to say "key `source.thresholds`" for --smooth).
+    for (flag, value, why) in [
+        ("--threads", "0", "error: --threads 0: at least one thread"),
+        ("--smooth", "0", "error: --smooth must be at least 1 frame"),
+        (
+            "--min-duration",
+            "nan",
+            "error: --min-duration must be a non-negative",
+        ),
+    ] {
+        let o = mambatag(&["listen", "--model", &tiny(), flag, value]);
+        assert_no_panic(&o);
+        assert_eq!(o.status.code(), Some(2), "{flag}: {}", stderr(&o));
+        assert!(stderr(&o).contains(why), "{flag}: {}", stderr(&o));
+    }
 }

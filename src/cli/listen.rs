@@ -38,6 +38,7 @@ pub struct ListenArgs {
 
 pub fn run(a: ListenArgs) -> Result<ExitCode> {
     a.model.check()?;
+    mambatag::events::check_logic(a.events.smooth, a.events.min_duration)?;
     let sig = mambatag::daemon::signals()?;
     let model = match &a.model.model {
         Some(p) => p.clone(),
