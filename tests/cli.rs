@@ -487,6 +487,16 @@ fn closed_stdout_ends_quietly() {
     }
 }
 
+/// Runs `mambatag ARGS` and checks that it is refused as a usage error: exit 2, `why` on
+/// stderr, nothing on stdout, no panic.
+fn assert_refused(args: &[&str], why: &str) {
+    let o = mambatag(args);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+    assert!(stderr(&o).contains(why), "{args:?}: {}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
+}
+
 /// `bench` refuses counts of zero by name (`--steps 0` used to panic on an empty list of
 /// timings; `--streams 0` and `--chunk-streams 0` were silently dropped or measured as 1).
 #[test]
@@ -510,11 +520,7 @@ fn bench_refuses_zero_counts() {
         if flag != "--steps" {
             args.extend(["--steps", "20"]);
         }
-        let o = mambatag(&args);
-        assert_no_panic(&o);
-        assert_eq!(o.status.code(), Some(2), "{flag} {value}: {}", stderr(&o));
-        assert!(stderr(&o).contains(why), "{flag} {value}: {}", stderr(&o));
-        assert!(stdout(&o).is_empty(), "{flag} {value}: {}", stdout(&o));
+        assert_refused(&args, why);
     }
     // The same command with sound counts measures what was asked.
     let o = mambatag(&[
@@ -556,11 +562,7 @@ fn tag_refuses_zero_counts() {
         let mut all = vec!["tag", "--model", &model];
         all.extend_from_slice(args);
         all.push(f.to_str().unwrap());
-        let o = mambatag(&all);
-        assert_no_panic(&o);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
-        assert!(stderr(&o).contains(why), "{args:?}: {}", stderr(&o));
-        assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
+        assert_refused(&all, why);
     }
     // `listen` checks the same options, and the event logic's, before it opens any input, with
     // `tag`'s wording (it used to say "key `source.thresholds`" for --smooth).
@@ -573,9 +575,6 @@ fn tag_refuses_zero_counts() {
             "error: --min-duration must be a non-negative",
         ),
     ] {
-        let o = mambatag(&["listen", "--model", &tiny(), flag, value]);
-        assert_no_panic(&o);
-        assert_eq!(o.status.code(), Some(2), "{flag}: {}", stderr(&o));
-        assert!(stderr(&o).contains(why), "{flag}: {}", stderr(&o));
+        assert_refused(&["listen", "--model", &tiny(), flag, value], why);
     }
 }
