@@ -59,7 +59,6 @@ struct BatchResult {
 
 fn measure(engine: &mut Engine, steps: usize) -> Result<BatchResult> {
     let b = engine.capacity();
-    let hop = engine.info().hop;
     // Deterministic noise so the front end sees something realistic.
     let mut seed = 0x2545F4914F6CDD1Du64;
     for r in 0..b {
@@ -70,7 +69,6 @@ fn measure(engine: &mut Engine, steps: usize) -> Result<BatchResult> {
             *x = ((seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2;
         }
     }
-    let _ = hop;
     let advance = vec![true; b];
     let warm = (steps / 10).max(20);
     for _ in 0..warm {

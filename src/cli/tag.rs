@@ -185,13 +185,12 @@ pub fn run(a: TagArgs) -> Result<ExitCode> {
         .unwrap_or(if gpu {
             1
         } else {
-            (cores / a.model.threads.max(1)).max(1)
+            (cores / a.model.threads).max(1)
         })
-        .clamp(1, inputs.len().max(1));
+        .min(inputs.len().max(1));
     let lanes = a
         .lanes
         .unwrap_or(if gpu { 4 * cores } else { 8 })
-        .max(1)
         .min(inputs.len().div_ceil(jobs).max(1));
     let mut engines = Vec::with_capacity(jobs);
     for _ in 0..jobs {
