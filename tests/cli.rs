@@ -231,6 +231,19 @@ fn bad_inputs_fail_one_by_one_and_the_batch_goes_on() {
     let bytes = std::fs::read(&flac).unwrap();
     let truncated = d.join("truncated.flac");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    // Cut inside its first frame: FLAC's demuxer ends such a stream without an I/O error, so
+    // only the header's frame count shows that audio is missing.
+    let cut_early = d.join("cut-early.flac");
+    std::fs::write(&cut_early, &bytes[..bytes.len() / 30]).unwrap();
+    // An MP3 cut at a third: its frames parse one by one, so it also just ends.
+    let mp3 = ffmpeg(
+        "trunc-src.mp3",
+        &flac,
+        &["-c:a", "libmp3lame", "-b:a", "128k"],
+    );
+    let bytes = std::fs::read(&mp3).unwrap();
+    let cut_mp3 = d.join("cut.mp3");
+    std::fs::write(&cut_mp3, &bytes[..bytes.len() / 3]).unwrap();
     // Unsupported codec: Opus in Ogg.
     let opus = ffmpeg("sine.opus", &sine_wav(), &["-c:a", "libopus"]);
     // Float WAV with NaN and Inf.
@@ -257,7 +270,12 @@ fn bad_inputs_fail_one_by_one_and_the_batch_goes_on() {
         (&empty, "empty file"),
         (&garbage, "not a supported audio file"),
         (&truncated, "truncated"),
-        (&opus, "unsupported codec"),
+        (
+            &cut_early,
+            "truncated: the stream ends after 0.000 s of the 2.000 s",
+        ),
+        (&cut_mp3, "truncated"),
+        (&opus, "unsupported codec opus"),
         (&nan, "non-finite sample"),
         (&inf, "non-finite sample"),
         (&rate0, "sample rate"),

@@ -901,7 +901,17 @@ mod tests {
             return;
         }
         let mut xs: Vec<f32> = (0..=2_000_000).map(|i| -130.0 * i as f32 / 2e6).collect();
-        xs.extend([-126.0, -125.5, -126.5, -0.5, 0.5, -0.0, f32::NAN, f32::NEG_INFINITY, -1e-30]);
+        xs.extend([
+            -126.0,
+            -125.5,
+            -126.5,
+            -0.5,
+            0.5,
+            -0.0,
+            f32::NAN,
+            f32::NEG_INFINITY,
+            -1e-30,
+        ]);
         xs.resize(xs.len().next_multiple_of(16), 0.0);
         for c in xs.chunks(16) {
             let mut got = [0.0f32; 16];
@@ -913,7 +923,11 @@ mod tests {
             }
             for (&x, g) in c.iter().zip(got) {
                 let want = exp2_decay::<true>(x);
-                assert_eq!(g.to_bits(), want.to_bits(), "2^{x}: AVX-512 {g} vs scalar {want}");
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "2^{x}: AVX-512 {g} vs scalar {want}"
+                );
             }
         }
     }
