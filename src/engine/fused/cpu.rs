@@ -130,14 +130,23 @@ fn conv_row_impl(
 ) {
     let (t_len, e_len, k_len) = (d.t, d.e, d.k);
     let (w, bias) = (wt.w, wt.bias);
-    // the window of the last K-1 inputs, oldest first, rolled in place
-    next.copy_from_slice(state);
+    // input j of the row, j < 0 reaching back into the state (the last K-1 inputs, oldest
+    // first): read where it lies, so no window is rolled per hop
+    let input = |j: isize| -> &[f32] {
+        if j < 0 {
+            let i = (k_len as isize - 1 + j) as usize;
+            &state[i * e_len..(i + 1) * e_len]
+        } else {
+            let j = j as usize;
+            &xz[j * 2 * e_len..j * 2 * e_len + e_len]
+        }
+    };
     for t in 0..t_len {
-        let x = &xz[t * 2 * e_len..t * 2 * e_len + e_len];
+        let x = input(t as isize);
         acc.fill(0.0);
         for k in 0..k_len - 1 {
             let wk = &w[k * e_len..(k + 1) * e_len];
-            let wi = &next[k * e_len..(k + 1) * e_len];
+            let wi = input(t as isize + 1 - k_len as isize + k as isize);
             for ((a, &wv), &xv) in acc.iter_mut().zip(wk).zip(wi) {
                 *a += wv * xv;
             }
@@ -147,11 +156,11 @@ fn conv_row_impl(
         for ((((o, &a), &wv), &xv), &bv) in out.iter_mut().zip(&*acc).zip(wl).zip(x).zip(bias) {
             *o = silu::<false>(a + wv * xv + bv);
         }
-        if k_len > 1 {
-            next.copy_within(e_len.., 0);
-            let n = next.len();
-            next[n - e_len..].copy_from_slice(x);
-        }
+    }
+    // the next state: the last K-1 inputs
+    for i in 0..k_len - 1 {
+        let j = t_len as isize + 1 - k_len as isize + i as isize;
+        next[i * e_len..(i + 1) * e_len].copy_from_slice(input(j));
     }
 }
 
