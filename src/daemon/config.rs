@@ -549,9 +549,8 @@ mod tests {
 
     #[test]
     fn negative_cuda_device_is_refused() {
-        let mut text = String::from("[cuda]\ndevice_id = -1\n");
         let model = concat!(env!("CARGO_MANIFEST_DIR"), "/models/test-tiny");
-        text.insert_str(0, &format!("model = \"{model}\"\n"));
+        let text = format!("model = \"{model}\"\n[cuda]\ndevice_id = -1\n");
         let e = parse(&text).and_then(|l| l.check()).unwrap_err();
         assert!(
             e.to_string()

@@ -81,7 +81,7 @@ impl FileSource {
             .clone();
         let track_id = track.id;
         let declared_frames = track.num_frames;
-        let duration = match (track.num_frames, params.sample_rate) {
+        let duration = match (declared_frames, params.sample_rate) {
             (Some(n), Some(r)) if r > 0 => Some(n as f64 / r as f64),
             _ => None,
         };
@@ -239,21 +239,25 @@ impl FileSource {
             return Ok(());
         };
         if self.frames_read + TRUNCATION_SLACK < declared {
-            let rate = self.info.rate.max(1) as f64;
             bail!(
                 "truncated: the stream ends after {:.3} s of the {:.3} s its header declares",
-                self.frames_read as f64 / rate,
-                declared as f64 / rate
+                self.seconds_read(),
+                self.seconds(declared)
             );
         }
         Ok(())
     }
 
     fn seconds_read(&self) -> f64 {
+        self.seconds(self.frames_read)
+    }
+
+    /// `frames` at the stream's rate (0 while the rate is unknown).
+    fn seconds(&self, frames: u64) -> f64 {
         if self.info.rate == 0 {
             0.0
         } else {
-            self.frames_read as f64 / self.info.rate as f64
+            frames as f64 / self.info.rate as f64
         }
     }
 }
