@@ -205,6 +205,18 @@ fn stdin_pcm_gives_the_same_events_as_the_file() {
     assert_eq!(strip(stdout(&o)), strip(stdout(&from_file)));
     assert!(stdout(&o).lines().count() >= 200);
 
+    // Nothing on stdin (or less than one sample frame) is an error, not an empty result.
+    for input in [&b""[..], &b"\x01"[..]] {
+        let o = mambatag_stdin(&["tag", "--model", &tiny(), "--rate", "16000", "-"], input);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("-: no audio: the input ended before one whole sample frame"),
+            "{}",
+            stderr(&o)
+        );
+        assert!(stdout(&o).is_empty());
+    }
+
     let o = mambatag(&["tag", "--model", &tiny(), "-"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(
@@ -263,6 +275,9 @@ fn bad_inputs_fail_one_by_one_and_the_batch_goes_on() {
     let chans = d.join("channels.wav");
     wav(&chans, 1, 1000, 16000, 16, &vec![0u8; 64000]);
     let missing = d.join("missing.wav");
+    // A valid header and no samples: used to print nothing and exit 0.
+    let header_only = d.join("header-only.wav");
+    wav(&header_only, 1, 1, 16000, 16, &[]);
 
     let cases: Vec<(&Path, &str)> = vec![
         (&missing, "no such file"),
@@ -281,6 +296,7 @@ fn bad_inputs_fail_one_by_one_and_the_batch_goes_on() {
         (&rate0, "sample rate"),
         (&rate_huge, "absurd sample rate"),
         (&chans, "channel"),
+        (&header_only, "no audio: the stream holds no samples"),
     ];
     let mut args: Vec<String> = vec!["tag".into(), "--model".into(), tiny()];
     args.push(good.display().to_string());

@@ -233,17 +233,21 @@ fn codec_label(id: symphonia::core::codecs::audio::AudioCodecId) -> String {
 
 impl FileSource {
     /// At the end of the stream: an error if the header declared more frames than came (some
-    /// demuxers, FLAC's and MP3's among them, end a cut file without an I/O error).
+    /// demuxers, FLAC's and MP3's among them, end a cut file without an I/O error), or if no
+    /// sample came at all (a header and nothing else: tagging it would print nothing and exit 0,
+    /// as if the audio had been heard and was silent).
     fn check_complete(&self) -> Result<()> {
-        let Some(declared) = self.declared_frames else {
-            return Ok(());
-        };
-        if self.frames_read + TRUNCATION_SLACK < declared {
-            bail!(
-                "truncated: the stream ends after {:.3} s of the {:.3} s its header declares",
-                self.seconds_read(),
-                self.seconds(declared)
-            );
+        if let Some(declared) = self.declared_frames {
+            if self.frames_read + TRUNCATION_SLACK < declared {
+                bail!(
+                    "truncated: the stream ends after {:.3} s of the {:.3} s its header declares",
+                    self.seconds_read(),
+                    self.seconds(declared)
+                );
+            }
+        }
+        if self.frames_read == 0 {
+            bail!("no audio: the stream holds no samples");
         }
         Ok(())
     }

@@ -85,6 +85,9 @@ impl<R: Read + Send> AudioSource for PcmSource<R> {
                         self.carry
                     );
                 }
+                if self.frames_read == 0 {
+                    bail!("no audio: the input ended before one whole sample frame");
+                }
                 return Ok(false);
             }
             let have = self.carry + n;
