@@ -114,8 +114,8 @@ fn m4a_aac_and_alac() {
         &sine_wav(),
         &["-c:a", "aac", "-b:a", "128k"],
     );
-    // symphonia does not trim AAC encoder padding (see shared notes): up to ~2 frames extra.
-    check_tone(&p, 44100, 2, 2.0, 0.1);
+    // The edit list trims the encoder's priming and padding (symphonia alone keeps both).
+    check_tone(&p, 44100, 2, 2.0, 0.0);
     let p = ffmpeg("sine-alac.m4a", &sine_wav(), &["-c:a", "alac"]);
     check_tone(&p, 44100, 2, 2.0, 0.0);
 }
@@ -134,4 +134,53 @@ fn mkv_webm_and_caf() {
 fn many_channels_are_averaged() {
     let p = sox_synth("sine-6ch.wav", 48000, 6, &["-b", "16"], 1.0);
     check_tone(&p, 48000, 6, 1.0, 0.0);
+}
+
+/// Lossy codecs put encoder delay before the audio; the decoded audio must start where the
+/// original did (else every event time in the file runs late). A 1 kHz tone starts at exactly
+/// 0.5 s (sample 22,050; its first sample above 0.1 is 22,052).
+#[test]
+fn lossy_codecs_keep_the_timing() {
+    let src = fixture(
+        "onset-0.5s.wav",
+        "ffmpeg",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "aevalsrc=if(gte(t\\,0.5)\\,0.5*sin(2*PI*1000*t)\\,0)|if(gte(t\\,0.5)\\,0.5*sin(2*PI*1000*t)\\,0):s=44100:d=2",
+            "-c:a",
+            "pcm_s16le",
+        ],
+    );
+    let cases: [(&str, &[&str], usize); 6] = [
+        ("onset.flac", &["-c:a", "flac"], 0),
+        ("onset.mp3", &["-c:a", "libmp3lame", "-b:a", "128k"], 0),
+        ("onset.ogg", &["-c:a", "libvorbis"], 0),
+        // Priming 1,024 frames, padding 888: only the edit list says so.
+        ("onset-aac.m4a", &["-c:a", "aac", "-b:a", "128k"], 0),
+        ("onset-alac.m4a", &["-c:a", "alac"], 0),
+        // Matroska's Vorbis ends on a whole packet (56 frames more here).
+        ("onset.webm", &["-c:a", "libvorbis"], 256),
+    ];
+    let (x, ..) = decode(&src);
+    assert_eq!(x.len(), 88200);
+    let onset = |x: &[f32]| x.iter().position(|v| v.abs() > 0.1).unwrap();
+    assert_eq!(onset(&x), 22052);
+    for (name, args, extra) in cases {
+        let p = ffmpeg(name, &src, args);
+        let (y, rate, _, codec) = decode(&p);
+        assert_eq!(rate, 44100);
+        assert!(
+            (88200..=88200 + extra).contains(&y.len()),
+            "{name} ({codec}): {} frames decoded, 88,200 encoded",
+            y.len()
+        );
+        let at = onset(&y);
+        assert!(
+            at.abs_diff(22052) <= 8,
+            "{name} ({codec}): the tone starts at frame {at}, not 22,052 ({:+.1} ms)",
+            (at as f64 - 22052.0) / 44.1
+        );
+    }
 }

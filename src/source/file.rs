@@ -23,8 +23,12 @@ pub struct FileSource {
     planes: Vec<Vec<f32>>,
     frames_read: u64,
     decode_errors: u32,
-    /// the container's frame count, where it states one
+    /// the container's frame count, where it states one (after the edit list's trim)
     declared_frames: Option<u64>,
+    /// decoded frames still to drop before the audio starts (MP4 priming, see `mp4edit`)
+    skip: u64,
+    /// frames to emit in all (the MP4 edit's duration; `u64::MAX`: all of them)
+    keep: u64,
 }
 
 /// Consecutive undecodable packets tolerated before a file counts as corrupt.
@@ -80,7 +84,19 @@ impl FileSource {
             .ok_or_else(|| anyhow!("audio track has no codec parameters"))?
             .clone();
         let track_id = track.id;
-        let declared_frames = track.num_frames;
+        let mut declared_frames = track.num_frames;
+        // MP4/M4A: apply the edit list symphonia leaves alone (AAC priming and padding).
+        let trim = match (format.format_info().short_name, params.sample_rate) {
+            ("isomp4", Some(r)) if r > 0 => super::mp4edit::trim(path, track_id, r),
+            _ => None,
+        };
+        if let Some(t) = trim {
+            let after_skip = declared_frames.map(|n| n.saturating_sub(t.skip));
+            declared_frames = match after_skip {
+                Some(n) => Some(n.min(t.keep)),
+                None => (t.keep != u64::MAX).then_some(t.keep),
+            };
+        }
         let duration = match (declared_frames, params.sample_rate) {
             (Some(n), Some(r)) if r > 0 => Some(n as f64 / r as f64),
             _ => None,
@@ -124,6 +140,8 @@ impl FileSource {
             frames_read: 0,
             decode_errors: 0,
             declared_frames,
+            skip: trim.map_or(0, |t| t.skip),
+            keep: trim.map_or(u64::MAX, |t| t.keep),
         })
     }
 }
@@ -135,6 +153,10 @@ impl AudioSource for FileSource {
 
     fn read(&mut self, out: &mut Vec<f32>) -> Result<bool> {
         loop {
+            if self.frames_read >= self.keep {
+                self.check_complete()?;
+                return Ok(false);
+            }
             let packet = match self.format.next_packet() {
                 Ok(Some(p)) => p,
                 Ok(None) => {
@@ -201,8 +223,21 @@ impl AudioSource for FileSource {
                 plane.resize(decoded.frames(), 0.0);
             }
             decoded.copy_to_slice_planar(&mut self.planes);
+            let n = decoded.frames() as u64;
+            let drop = self.skip.min(n);
+            self.skip -= drop;
+            let take = (n - drop).min(self.keep - self.frames_read);
+            if take == 0 {
+                continue;
+            }
+            if drop > 0 || take < n {
+                for plane in &mut self.planes {
+                    plane.drain(..drop as usize);
+                    plane.truncate(take as usize);
+                }
+            }
             downmix_planes(&self.planes, self.frames_read, rate, out)?;
-            self.frames_read += decoded.frames() as u64;
+            self.frames_read += take;
             return Ok(true);
         }
     }

@@ -5,6 +5,7 @@
 //! honestly (non-finite samples, absurd headers) with an error that names the input.
 
 pub mod file;
+mod mp4edit;
 pub mod pcm;
 
 use anyhow::Result;
