@@ -73,6 +73,7 @@ pub fn run(a: ListenArgs) -> Result<ExitCode> {
         sinks: SinksConfig {
             jsonl: None,
             log: Some(false),
+            mqtt: None,
         },
         sources: vec![Spanned::new(
             0..0,

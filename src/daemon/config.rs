@@ -159,6 +159,137 @@ pub struct SinksConfig {
     /// Events to the log (stderr / journal) at level info, target `mambatag::event`.
     #[serde(default = "yes_opt")]
     pub log: Option<bool>,
+    /// Events and per-label states to an MQTT broker.
+    #[serde(default)]
+    pub mqtt: Option<Spanned<MqttConfig>>,
+}
+
+/// `[sinks.mqtt]`: see `daemon::mqtt` for the topics.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `host:port`, or `host` for port 1883 (plain TCP; `mqtt://` may prefix it).
+    pub broker: String,
+    #[serde(default = "default_client_id")]
+    pub client_id: String,
+    /// Topic prefix.
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// 0, 1 or 2.
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Seconds between keep-alive pings; the broker sends the last will after 1.5× this.
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: u64,
+    /// Publish Home Assistant discovery configs (one binary sensor per source and label).
+    #[serde(default)]
+    pub discovery: bool,
+    #[serde(default = "default_discovery_prefix")]
+    pub discovery_prefix: String,
+}
+
+/// `mambatag-HOSTNAME`: brokers disconnect a client when another connects with its id, so
+/// two daemons must not share one.
+fn default_client_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    if host.is_empty() {
+        "mambatag".into()
+    } else {
+        format!("mambatag-{host}")
+    }
+}
+fn default_topic() -> String {
+    "mambatag".into()
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_keep_alive() -> u64 {
+    30
+}
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+
+impl MqttConfig {
+    /// The broker's host and port (1883 when none is given); checked by [`Self::check`].
+    pub fn host_port(&self) -> (String, u16) {
+        let b = self.broker.trim();
+        let b = b.strip_prefix("mqtt://").unwrap_or(b).trim_end_matches('/');
+        match b.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(':') => (
+                h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                p.parse().unwrap_or(0),
+            ),
+            _ => (b.to_string(), 1883),
+        }
+    }
+
+    /// What is wrong with the settings, as `(key, message)`.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        let b = self.broker.trim();
+        if b.starts_with("mqtts://") || b.starts_with("ssl://") || b.starts_with("ws") {
+            return Err((
+                "sinks.mqtt.broker",
+                format!("`{b}`: only plain TCP (`host:port`) is supported; use a local broker or a TLS-terminating bridge"),
+            ));
+        }
+        let (host, port) = self.host_port();
+        if host.is_empty() || host.contains('/') || port == 0 {
+            return Err((
+                "sinks.mqtt.broker",
+                format!("`{b}` is not a broker address like 127.0.0.1:1883"),
+            ));
+        }
+        if self.client_id.trim().is_empty() {
+            return Err(("sinks.mqtt.client_id", "must not be empty".into()));
+        }
+        let t = self.topic.trim_end_matches('/');
+        if t.is_empty() || t.contains(['+', '#', '\0']) || t.starts_with('/') {
+            return Err((
+                "sinks.mqtt.topic",
+                format!(
+                    "`{}` is not a topic prefix (not empty, no `+`/`#`, no leading `/`)",
+                    self.topic
+                ),
+            ));
+        }
+        let d = &self.discovery_prefix;
+        if self.discovery && (d.is_empty() || d.contains(['+', '#', '\0'])) {
+            return Err((
+                "sinks.mqtt.discovery_prefix",
+                format!("`{d}` is not a topic prefix"),
+            ));
+        }
+        if self.qos > 2 {
+            return Err((
+                "sinks.mqtt.qos",
+                format!("{} (must be 0, 1 or 2)", self.qos),
+            ));
+        }
+        if self.keep_alive == 0 || self.keep_alive > 65535 {
+            return Err((
+                "sinks.mqtt.keep_alive",
+                format!("{} s (must be 1 to 65535)", self.keep_alive),
+            ));
+        }
+        if self.password.is_some() && self.username.is_none() {
+            return Err((
+                "sinks.mqtt.password",
+                "a password needs `username` too".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn yes_opt() -> Option<bool> {
@@ -361,6 +492,11 @@ impl Loaded {
                     &format!("`{listen}` is reachable from other hosts: set `api.token` (clients send `Authorization: Bearer TOKEN`)"),
                 ));
             }
+        }
+        if let Some(m) = &c.sinks.mqtt {
+            m.get_ref()
+                .check()
+                .map_err(|(key, msg)| self.error_at(m.span(), key, &msg))?;
         }
         if c.events.smooth == 0 {
             return Err(self.error_at(0..0, "events.smooth", "must be at least 1"));

@@ -3,7 +3,8 @@
 //! ```text
 //! source threads (mic / pipe / follow) ──SourceMsg──▶ engine thread ──bus──▶ SSE/WS clients
 //!                                                         │
-//!                                                         └──────────────▶ sink thread (JSONL file, log)
+//!                                                         ├──────────────▶ sink thread (JSONL file, log)
+//!                                                         └──bus──▶ MQTT thread ([`mqtt`])
 //! ```
 //!
 //! One [`Daemon`] owns everything. Threads: one per source, one engine thread that steps all
@@ -29,6 +30,7 @@
 pub mod bus;
 pub mod config;
 pub mod engine;
+pub mod mqtt;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -86,6 +88,7 @@ pub struct Daemon {
     next_id: StreamId,
     api: Option<crate::api::ApiHandle>,
     token: Arc<RwLock<Option<String>>>,
+    mqtt: Option<mqtt::MqttSink>,
 }
 
 fn engine_options(loaded: &Loaded) -> EngineOptions {
@@ -164,8 +167,19 @@ impl Daemon {
             next_id: 1,
             api: None,
             token,
+            mqtt: None,
             loaded,
         };
+        // Subscribed before any source starts, so the broker misses no event.
+        if let Some(m) = d.loaded.config.sinks.mqtt.clone() {
+            match d.start_mqtt(m.into_inner()) {
+                Ok(s) => d.mqtt = Some(s),
+                Err(e) => {
+                    d.shutdown_inner();
+                    return Err(e);
+                }
+            }
+        }
         let listen = d.loaded.config.api.listen.get_ref().clone();
         if !listen.is_empty() {
             let api = crate::api::start(
@@ -203,6 +217,28 @@ impl Daemon {
             d.start_source(cfg, p)?;
         }
         Ok(d)
+    }
+
+    fn topology(&self, loaded: &Loaded) -> mqtt::Topology {
+        mqtt::Topology {
+            sources: loaded
+                .config
+                .sources
+                .iter()
+                .map(|s| s.get_ref().name.clone())
+                .collect(),
+            labels: self.info.labels.clone(),
+            model: self.info.name.clone(),
+        }
+    }
+
+    fn start_mqtt(&self, cfg: config::MqttConfig) -> Result<mqtt::MqttSink> {
+        mqtt::MqttSink::start(
+            cfg,
+            self.bus.subscribe(),
+            self.topology(&self.loaded),
+            self.stats.mqtt.clone(),
+        )
     }
 
     /// The address the API listens on (None when it is off).
@@ -380,6 +416,21 @@ impl Daemon {
             jsonl: new.config.sinks.jsonl.clone(),
             log: new.config.sinks.log.unwrap_or(true),
         });
+        let want_mqtt = new.config.sinks.mqtt.as_ref().map(|m| m.get_ref().clone());
+        if self.mqtt.as_ref().map(|m| &m.config) != want_mqtt.as_ref() {
+            if let Some(old) = self.mqtt.take() {
+                old.stop();
+            }
+            self.stats
+                .mqtt
+                .configured
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            if let Some(m) = want_mqtt {
+                self.mqtt = Some(self.start_mqtt(m)?);
+            }
+        } else if let Some(m) = &self.mqtt {
+            m.set_topology(self.topology(&new));
+        }
         let wanted: BTreeMap<String, (SourceConfig, EventParams)> = new
             .config
             .sources
@@ -430,6 +481,9 @@ impl Daemon {
         }
         if let Some(h) = self.sink.take() {
             let _ = h.join();
+        }
+        if let Some(m) = self.mqtt.take() {
+            m.stop();
         }
         if let Some(api) = self.api.take() {
             api.stop(Duration::from_secs(2));

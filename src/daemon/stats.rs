@@ -138,6 +138,7 @@ pub struct Stats {
     /// Bus messages SSE/WS clients missed because they lagged.
     pub client_lagged: AtomicU64,
     pub clients: AtomicU64,
+    pub mqtt: Arc<super::mqtt::MqttStats>,
 }
 
 impl Default for Stats {
@@ -157,6 +158,7 @@ impl Default for Stats {
             reloads_failed: AtomicU64::new(0),
             client_lagged: AtomicU64::new(0),
             clients: AtomicU64::new(0),
+            mqtt: Arc::default(),
         }
     }
 }
@@ -200,6 +202,8 @@ pub struct Status {
     pub event_latency_mean_ms: f64,
     pub reloads: u64,
     pub failed_reloads: u64,
+    /// The MQTT sink (null when none is configured).
+    pub mqtt: Option<super::mqtt::MqttStatus>,
 }
 
 fn finite(v: f64) -> Option<f64> {
@@ -264,6 +268,7 @@ impl Stats {
             event_latency_mean_ms: self.event_latency.mean() * 1e3,
             reloads: self.reloads_ok.load(Ordering::Relaxed),
             failed_reloads: self.reloads_failed.load(Ordering::Relaxed),
+            mqtt: self.mqtt.status(),
         }
     }
 
@@ -412,6 +417,36 @@ impl Stats {
             "counter",
             ld(&self.client_lagged),
         );
+        if let Some(m) = self.mqtt.status() {
+            g(
+                &mut o,
+                "mambatag_mqtt_connected",
+                "1 while the MQTT sink is connected to its broker.",
+                "gauge",
+                u8::from(m.connected).to_string(),
+            );
+            g(
+                &mut o,
+                "mambatag_mqtt_messages_total",
+                "Messages handed to the MQTT client.",
+                "counter",
+                m.published.to_string(),
+            );
+            g(
+                &mut o,
+                "mambatag_mqtt_dropped_total",
+                "MQTT messages dropped (broker unreachable, queue full or the sink lagging).",
+                "counter",
+                m.dropped.to_string(),
+            );
+            g(
+                &mut o,
+                "mambatag_mqtt_connections_total",
+                "Successful connections to the MQTT broker.",
+                "counter",
+                m.connects.to_string(),
+            );
+        }
         g(
             &mut o,
             "mambatag_uptime_seconds",
