@@ -361,6 +361,10 @@ async fn run(
         if connected {
             publish(topics.status(), true, b"offline".to_vec(), true);
             let _ = client.try_disconnect();
+        } else {
+            // Never reached the broker: what was held for it is lost.
+            let lost = std::mem::take(&mut *held.borrow_mut()).len();
+            stats.dropped.fetch_add(lost as u64, Ordering::Relaxed);
         }
         Some(tokio::time::Instant::now() + STOP_WAIT)
     };
