@@ -23,12 +23,7 @@ listen = "127.0.0.1:0"
 [sinks.jsonl]
 path = "{dir}/events.jsonl"
 
-[[source]]
-name = "in"
-kind = "pipe"
-path = "-"
-rate = 16000
-"#,
+{STDIN_SOURCE}"#,
         model = tiny_model().display(),
         dir = dir.display()
     )

@@ -155,12 +155,7 @@ topic = "{topic}"
 keep_alive = 2
 discovery = true
 
-[[source]]
-name = "in"
-kind = "pipe"
-path = "-"
-rate = 16000
-"#,
+{STDIN_SOURCE}"#,
         model = tiny_model().display(),
     )
 }

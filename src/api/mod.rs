@@ -90,37 +90,23 @@ pub fn start(addr: &str, state: ApiState) -> Result<ApiHandle> {
     let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let app = router(state);
-    let thread = std::thread::Builder::new()
-        .name("api".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!("API runtime: {e}");
-                    return;
-                }
-            };
-            rt.block_on(async move {
-                let listener = match tokio::net::TcpListener::from_std(listener) {
-                    Ok(l) => l,
-                    Err(e) => {
-                        tracing::error!("API listener: {e}");
-                        return;
-                    }
-                };
-                let r = axum::serve(listener, app)
-                    .with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
-                    })
-                    .await;
-                if let Err(e) = r {
-                    tracing::error!("API server: {e}");
-                }
-            });
-        })?;
+    let thread = crate::daemon::io_thread("api", move || async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("API listener: {e}");
+                return;
+            }
+        };
+        let r = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stop_rx.await;
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::error!("API server: {e}");
+        }
+    })?;
     tracing::info!("API listening on http://{local}");
     Ok(ApiHandle {
         addr: local,

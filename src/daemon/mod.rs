@@ -551,6 +551,27 @@ fn sink_thread(events: Receiver<Arc<BusMsg>>, ctl: Receiver<SinkCtl>) {
     }
 }
 
+/// A thread running a single-threaded tokio runtime (network I/O only: the API, the MQTT
+/// sink) until the future that `f` makes (inside the runtime) ends.
+pub fn io_thread<F, Fut>(name: &str, f: F) -> std::io::Result<JoinHandle<()>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let label = name.to_string();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt.block_on(async move { f().await }),
+                Err(e) => tracing::error!("{label}: cannot start its runtime: {e}"),
+            }
+        })
+}
+
 /// What the signal thread reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signal {

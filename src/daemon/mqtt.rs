@@ -136,21 +136,7 @@ impl MqttSink {
         stats.connected.store(false, Ordering::Relaxed);
         *stats.broker.lock().unwrap() = config.broker.clone();
         let (c, s) = (config.clone(), stop.clone());
-        let thread = std::thread::Builder::new()
-            .name("mqtt".into())
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!("MQTT sink: cannot start its runtime: {e}");
-                        return;
-                    }
-                };
-                rt.block_on(run(c, events, topology, stats, ctl_rx, s));
-            })
+        let thread = super::io_thread("mqtt", move || run(c, events, topology, stats, ctl_rx, s))
             .map_err(|e| anyhow!("cannot start the MQTT thread: {e}"))?;
         Ok(Self {
             config,

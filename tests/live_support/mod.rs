@@ -21,6 +21,10 @@ pub fn tiny_model() -> PathBuf {
     repo().join("models/test-tiny")
 }
 
+/// A `pipe` source named `in`: 16 kHz s16le mono on the daemon's stdin.
+pub const STDIN_SOURCE: &str =
+    "[[source]]\nname = \"in\"\nkind = \"pipe\"\npath = \"-\"\nrate = 16000\n";
+
 /// A fresh scratch directory under target/ for one test.
 pub fn scratch(name: &str) -> PathBuf {
     let d = repo()
