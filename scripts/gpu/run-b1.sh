@@ -10,5 +10,5 @@ $B/mambatag tag demo/demo.flac --frames --device cuda > /tmp/gpu_chunk.jsonl
 for f in gpu_step gpu_chunk; do python3 scripts/gpu/cli-parity.py /tmp/cpu.jsonl /tmp/$f.jsonl; done > $OUT/cli_parity.txt 2>&1
 for i in 1 2; do timeout 60 $B/mambatag bench --device cuda --cuda-graph --model $M --streams 1,16,10240,16384 --steps 5000 > $OUT/bench_$i.txt 2>&1; done
 timeout 60 $B/mambatag bench --device cuda --cuda-graph --tf32 --model $M --streams 1,16 --steps 5000 > $OUT/bench_tf32.txt 2>&1
-timeout 60 python3 -m models.bench_torch models/weights/mambatag-default-1.5.0.safetensors --streams 1,16 --steps 200 > $OUT/torch.jsonl 2>&1
+timeout 60 python3 -m models.bench_torch models/weights/mambatag-default-1.6.0.safetensors --streams 1,16 --steps 200 > $OUT/torch.jsonl 2>&1
 tail -n 14 $OUT/*.txt; cat $OUT/torch.jsonl

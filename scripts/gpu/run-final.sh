@@ -16,5 +16,5 @@ timeout 100 $B/mambatag bench --device cuda --cuda-graph --model $M --streams 1,
 timeout 60 $B/mambatag bench --device cuda --cuda-graph --tf32 --model $M --streams 1,16 --steps 2000 > $OUT/bench_step_tf32.txt 2>&1
 timeout 60 $B/mambatag bench --device cuda --cuda-graph --model $M --streams 1 --steps 400 --chunk-streams 1,256,1024,4096 > $OUT/chunk_fp32.txt 2>&1
 timeout 90 $B/mambatag bench --device cuda --cuda-graph --tf32 --model $M --streams 1 --steps 400 --chunk-streams 1024,4096 --chunk-frames 1000 > $OUT/chunk_tf32.txt 2>&1
-[ -n "$TORCH" ] && timeout 100 python3 -m models.bench_torch models/weights/mambatag-default-1.5.0.safetensors --streams 1,16,1024,10240,16384 --steps 60 > $OUT/torch.jsonl 2>&1
+[ -n "$TORCH" ] && timeout 100 python3 -m models.bench_torch models/weights/mambatag-default-1.6.0.safetensors --streams 1,16,1024,10240,16384 --steps 60 > $OUT/torch.jsonl 2>&1
 tail -n 30 $OUT/*.txt; cat $OUT/torch.jsonl

@@ -16,5 +16,5 @@ $B/mambatag tag demo/demo.flac --frames --device cuda --engine step --cuda-graph
 [ -x $B/gputest ] && MAMBATAG_GPU_KERNELS=onnx timeout 70 $B/gputest --ignored --nocapture --test-threads 1 > $OUT/gpu_tests_onnx.txt 2>&1
 timeout 120 $B/mambatag bench --device cuda --cuda-graph --model $M --streams 1,16,256,1024,4096,8192,10240,16384 --steps 2000 > $OUT/bench_fused_graph.txt 2>&1
 timeout 80 $B/mambatag bench --device cuda --cuda-graph --model $M --streams 1 --steps 400 --chunk-streams 1,64,256,1024,4096 > $OUT/bench_fused_chunk.txt 2>&1
-[ -n "$TORCH" ] && timeout 100 python3 -m models.bench_torch models/weights/mambatag-default-1.5.0.safetensors --streams 1,16,1024,10240,16384 --steps 60 > $OUT/torch.jsonl 2>&1
+[ -n "$TORCH" ] && timeout 100 python3 -m models.bench_torch models/weights/mambatag-default-1.6.0.safetensors --streams 1,16,1024,10240,16384 --steps 60 > $OUT/torch.jsonl 2>&1
 tail -n 40 $OUT/*.txt

@@ -15,5 +15,5 @@ S=1,16,64,256,1024,4096,10240,16384
 timeout 150 $B/mambatag bench --device cuda --cuda-graph --model $M --streams $S --steps 2000 --min-steps 2000 > $OUT/bench_layer.txt 2>&1
 timeout 150 $B/mambatag bench --device cuda --cuda-graph --model $M --kernels fused --streams $S --steps 2000 --min-steps 2000 > $OUT/bench_fused.txt 2>&1
 timeout 60 $B/mambatag bench --device cuda --cuda-graph --model $M --streams 1,16 --steps 5000 > $OUT/bench_layer_again.txt 2>&1
-timeout 120 python3 -m models.bench_torch models/weights/mambatag-default-1.5.0.safetensors --streams 1,16,64,256,1024,4096,10240,16384 --steps 60 > $OUT/torch.jsonl 2>&1
+timeout 120 python3 -m models.bench_torch models/weights/mambatag-default-1.6.0.safetensors --streams 1,16,64,256,1024,4096,10240,16384 --steps 60 > $OUT/torch.jsonl 2>&1
 tail -n 30 $OUT/*.txt; cat $OUT/torch.jsonl

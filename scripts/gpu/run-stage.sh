@@ -13,7 +13,7 @@
 set -u
 T0=$(date +%s)
 BUDGET_S=${BUDGET_S:-570}
-INIT=${INIT:-models/weights/mambatag-default-1.5.0.safetensors}
+INIT=${INIT:-models/weights/mambatag-default-1.6.0.safetensors}
 LR=${LR:-5e-4}
 SEED=${SEED:-6}
 EXTRA=${EXTRA:-}

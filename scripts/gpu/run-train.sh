@@ -9,7 +9,7 @@ set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .data/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site
 MINUTES=${MINUTES:-8.0}
-INIT=models/weights/mambatag-default-1.5.0.safetensors
+INIT=models/weights/mambatag-default-1.6.0.safetensors
 FT="--init $INIT --lr 1e-3 --warmup 30 --consist-w 3 --val-every 100000 --val-scenes 16 --seed 2 --batch 32"
 VARIANTS=${VARIANTS:-"maxpool $FT --maxpool-w 0.5
 control $FT --maxpool-w 0"}
