@@ -231,16 +231,7 @@ fn a_token_is_required_off_loopback() {
 }
 
 fn start_fails(name: &str, text: &str) -> String {
-    let dir = scratch(name);
-    std::fs::write(dir.join("c.toml"), text).unwrap();
-    let out = std::process::Command::new(bin())
-        .args(["serve", "--config"])
-        .arg(dir.join("c.toml"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{name}: started anyway: {err}");
-    err
+    serve_refuses(name, text, &[])
 }
 
 #[test]

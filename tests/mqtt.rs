@@ -302,19 +302,11 @@ fn a_late_broker_a_dead_daemon_and_a_moved_topic() {
 }
 
 fn check_fails(name: &str, mqtt: &str) -> String {
-    let dir = scratch(name);
     let text = format!(
         "model = \"{}\"\n[sinks.mqtt]\n{mqtt}\n",
         tiny_model().display()
     );
-    std::fs::write(dir.join("c.toml"), text).unwrap();
-    let out = Command::new(bin())
-        .args(["serve", "--check", "--config"])
-        .arg(dir.join("c.toml"))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "{name}: accepted: {err}");
+    let err = serve_refuses(name, &text, &["--check"]);
     assert!(!err.contains("panicked"), "{err}");
     err
 }

@@ -421,10 +421,7 @@ impl Daemon {
             if let Some(old) = self.mqtt.take() {
                 old.stop();
             }
-            self.stats
-                .mqtt
-                .configured
-                .store(false, std::sync::atomic::Ordering::Relaxed);
+            self.stats.mqtt.configured.store(false, Ordering::Relaxed);
             if let Some(m) = want_mqtt {
                 self.mqtt = Some(self.start_mqtt(m)?);
             }

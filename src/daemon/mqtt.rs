@@ -75,7 +75,7 @@ impl MqttStats {
 }
 
 /// The sources and labels whose states the sink publishes, and the model's name.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Topology {
     pub sources: Vec<String>,
     pub labels: Vec<String>,
@@ -192,6 +192,11 @@ impl Topics {
             )
         })
     }
+}
+
+/// A state topic's payload.
+fn state_payload(on: bool) -> Vec<u8> {
+    if on { "ON" } else { "OFF" }.into()
 }
 
 fn qos(n: u8) -> QoS {
@@ -332,12 +337,7 @@ async fn run(
                 });
                 publish(t, true, cfg.to_string().into_bytes(), true);
             }
-            publish(
-                topics.state(s, l),
-                true,
-                if *on { b"ON".to_vec() } else { b"OFF".to_vec() },
-                true,
-            );
+            publish(topics.state(s, l), true, state_payload(*on), true);
         }
     };
 
@@ -376,7 +376,7 @@ async fn run(
                             publish(
                                 topics.state(&m.source, &label),
                                 true,
-                                if on { b"ON".to_vec() } else { b"OFF".to_vec() },
+                                state_payload(on),
                                 true,
                             );
                         }
@@ -386,7 +386,6 @@ async fn run(
                 false
             }
         };
-    let mut stop_requested = false;
     loop {
         let until =
             deadline.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
@@ -446,17 +445,14 @@ async fn run(
                     announce(&topo, &states);
                 }
             },
-            _ = stop.notified(), if !stop_requested => {
-                stop_requested = true;
-                if deadline.is_none() {
-                    // What is already on the bus (the drain's offsets) goes out first.
-                    while let Ok(m) = events.try_recv() {
-                        if handle(&m, &mut states, connected) {
-                            break;
-                        }
+            _ = stop.notified(), if deadline.is_none() => {
+                // What is already on the bus (the drain's offsets) goes out first.
+                while let Ok(m) = events.try_recv() {
+                    if handle(&m, &mut states, connected) {
+                        break;
                     }
-                    deadline = finish(connected);
                 }
+                deadline = finish(connected);
             },
             _ = tokio::time::sleep_until(until), if deadline.is_some() => break,
         }

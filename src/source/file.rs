@@ -84,19 +84,15 @@ impl FileSource {
             .ok_or_else(|| anyhow!("audio track has no codec parameters"))?
             .clone();
         let track_id = track.id;
-        let mut declared_frames = track.num_frames;
         // MP4/M4A: apply the edit list symphonia leaves alone (AAC priming and padding).
         let trim = match (format.format_info().short_name, params.sample_rate) {
             ("isomp4", Some(r)) if r > 0 => super::mp4edit::trim(path, track_id, r),
             _ => None,
         };
-        if let Some(t) = trim {
-            let after_skip = declared_frames.map(|n| n.saturating_sub(t.skip));
-            declared_frames = match after_skip {
-                Some(n) => Some(n.min(t.keep)),
-                None => (t.keep != u64::MAX).then_some(t.keep),
-            };
-        }
+        let declared_frames = match trim {
+            Some(t) => t.declared_frames(track.num_frames),
+            None => track.num_frames,
+        };
         let duration = match (declared_frames, params.sample_rate) {
             (Some(n), Some(r)) if r > 0 => Some(n as f64 / r as f64),
             _ => None,

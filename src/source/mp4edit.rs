@@ -13,11 +13,22 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-/// Frames to drop at the start and how many to keep after that, at the track's sample rate.
+/// Frames to drop at the start and how many to keep after that, at the track's sample rate
+/// (`keep` = `u64::MAX`: to the end).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Trim {
     pub skip: u64,
     pub keep: u64,
+}
+
+impl Trim {
+    /// The frame count a container states (`stated`, before the trim) after the trim.
+    pub fn declared_frames(&self, stated: Option<u64>) -> Option<u64> {
+        match stated {
+            Some(n) => Some(n.saturating_sub(self.skip).min(self.keep)),
+            None => (self.keep != u64::MAX).then_some(self.keep),
+        }
+    }
 }
 
 /// A `moov` larger than this is not read (it would be a strange audio file).

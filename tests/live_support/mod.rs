@@ -25,6 +25,23 @@ pub fn tiny_model() -> PathBuf {
 pub const STDIN_SOURCE: &str =
     "[[source]]\nname = \"in\"\nkind = \"pipe\"\npath = \"-\"\nrate = 16000\n";
 
+/// Runs `mambatag serve EXTRA --config DIR/c.toml` with `text` as the file and expects it to
+/// refuse the configuration; returns stderr.
+pub fn serve_refuses(name: &str, text: &str, extra: &[&str]) -> String {
+    let dir = scratch(name);
+    std::fs::write(dir.join("c.toml"), text).unwrap();
+    let out = Command::new(bin())
+        .arg("serve")
+        .args(extra)
+        .arg("--config")
+        .arg(dir.join("c.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{name}: accepted: {err}");
+    err
+}
+
 /// A fresh scratch directory under target/ for one test.
 pub fn scratch(name: &str) -> PathBuf {
     let d = repo()
