@@ -455,7 +455,8 @@ def build_step_graph(weights: dict, config, metadata: dict[str, str],
                      frontend_dtype=np.float64, fused: bool | str = False) -> onnx.ModelProto:
     """The step graph: ``audio [B, 160]`` + states -> ``scores [B, C]`` + next states.
     ``fused``: each layer's conv and selective-state update as the ``ai.mambatag`` ops;
-    ``"layer"``: each whole layer as one ``MambaLayer`` op."""
+    ``"layer"``: each whole layer as one ``MambaLayer`` op, and the front end, embedding and head
+    as ``MambaLogMelStep``, ``MambaEmbed`` and ``MambaHead``."""
     c = as_config(config)
     check_weights(weights, c)
     g = GraphBuilder()
@@ -463,29 +464,43 @@ def build_step_graph(weights: dict, config, metadata: dict[str, str],
     shapes = state_shapes(c)
     states = {k: g.input(k, [BATCH] + v) for k, v in shapes.items()}
 
-    frame = g.op("Concat", [states["state.audio"], audio], "frame", axis=1)  # [B, 400]
-    audio_next = g.op("Slice", [frame, g.ints("hist_start", [frontend.HOP]), g.ints("hist_end", [frontend.WIN]),
-                                g.ints("hist_axis", [1])], "audio_hist")
     We, be = folded_embed(weights)
-    if fused:
-        # a 2-D residual stream [B, D] (the ops take [B, X] as T = 1): ORT then fuses each
-        # MatMul + Add (embedding, out_proj + residual, head) into one Gemm
-        lm = g.op("Reshape", [fused_features(g, frame), g.ints(f"shape_m1_{frontend.N_MELS}", [-1, frontend.N_MELS])],
-                  "logmel2d")
-        x = g.matmul_add(lm, g.const("embed_w", We), g.const("embed_b", be), "embed")
+    if fused == "layer":
+        # the front end with its history, the embedding and (below) the head as one op each: a
+        # GPU step at batch 1 is a chain of small launches, and these replace eight of ORT's
+        # (concat, slice; GEMV, bias add; norm, GEMM, bias add, sigmoid)
+        lm, audio_next = g.op("MambaLogMelStep", [states["state.audio"], audio, mel_matrix(g)], "logmel2d",
+                              n_out=2, domain=FUSED_DOMAIN)
+        x = g.op("MambaEmbed", [lm, g.const("embed_w", We), g.const("embed_b", be)], "embed", domain=FUSED_DOMAIN)
     else:
-        lm = features(g, frame, frontend_dtype)
-        x = g.matmul_add(lm, g.const("embed_w", We), g.const("embed_b", be), "embed")
-        # the residual stream is [B, 1, D] (T = 1) so that every per-step tensor already has the
-        # rank the state update needs: no Unsqueeze/Flatten per layer
-        x = g.op("Unsqueeze", [x, g.ints("ax1", [1])], "x3")
+        frame = g.op("Concat", [states["state.audio"], audio], "frame", axis=1)  # [B, 400]
+        audio_next = g.op("Slice", [frame, g.ints("hist_start", [frontend.HOP]), g.ints("hist_end", [frontend.WIN]),
+                                    g.ints("hist_axis", [1])], "audio_hist")
+        if fused:
+            # a 2-D residual stream [B, D] (the ops take [B, X] as T = 1): ORT then fuses each
+            # MatMul + Add (embedding, out_proj + residual, head) into one Gemm
+            lm = g.op("Reshape", [fused_features(g, frame),
+                                  g.ints(f"shape_m1_{frontend.N_MELS}", [-1, frontend.N_MELS])], "logmel2d")
+            x = g.matmul_add(lm, g.const("embed_w", We), g.const("embed_b", be), "embed")
+        else:
+            lm = features(g, frame, frontend_dtype)
+            x = g.matmul_add(lm, g.const("embed_w", We), g.const("embed_b", be), "embed")
+            # the residual stream is [B, 1, D] (T = 1) so that every per-step tensor already has
+            # the rank the state update needs: no Unsqueeze/Flatten per layer
+            x = g.op("Unsqueeze", [x, g.ints("ax1", [1])], "x3")
 
     nexts = {"state.audio": audio_next}
     x = mamba_layers(g, x, states, nexts, weights, c, fused, conv_step, ssm_step)
 
-    probs = head(g, x, weights)  # [B, 1, C]
-    g.output("scores", [BATCH, c.n_classes],
-             g.op("Reshape", [probs, g.ints("shape_scores", [-1, c.n_classes])], "scores2d"))
+    if fused == "layer":
+        scores = g.op("MambaHead", [x, g.const("norm_f_w", np.asarray(weights["norm_f.weight"], np.float64)),
+                                    g.const("norm_eps1", np.array([RMS_EPS])),
+                                    g.const("head_w", np.asarray(weights["head.weight"], np.float64).T),
+                                    g.const("head_b", weights["head.bias"])], "scores2d", domain=FUSED_DOMAIN)
+    else:
+        probs = head(g, x, weights)  # [B, 1, C]
+        scores = g.op("Reshape", [probs, g.ints("shape_scores", [-1, c.n_classes])], "scores2d")
+    g.output("scores", [BATCH, c.n_classes], scores)
     for k, v in shapes.items():
         g.output(k + ".next", [BATCH] + v, nexts[k])
     return g.model("mambatag_step", metadata)

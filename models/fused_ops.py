@@ -1,6 +1,7 @@
 """numpy reference of the fused operators (domain ``ai.mambatag``, CONTRACT.md §7).
 
-The Rust engine implements ``MambaLogMel``, ``MambaConv``, ``MambaSsm`` and ``MambaLayer`` for ONNX Runtime (CPU in Rust, CUDA
+The Rust engine implements ``MambaLogMel``, ``MambaLogMelStep``, ``MambaConv``, ``MambaSsm``, ``MambaLayer``,
+``MambaEmbed`` and ``MambaHead`` for ONNX Runtime (CPU in Rust, CUDA
 as PTX kernels); onnxruntime's Python package does not know them. This module gives their
 semantics in numpy, as ``onnx.reference`` operators, so that ``step-fused.onnx``,
 ``step-layer.onnx`` and ``chunk-fused.onnx`` can be run and verified here without torch or the Rust engine::
@@ -102,6 +103,31 @@ def mamba_layer(x, conv_state, h, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b,
     return (x + f(y) @ f(out_w)).astype(np.float32), conv2, h2, xz.astype(np.float32), y
 
 
+def mamba_logmel_step(history, audio, mel):
+    """One hop of the front end with the audio history (the layer step graph): ``history [B,
+    240]``, ``audio [B, 160]`` -> ``(logmel [B, M], history' [B, 240])``, i.e.
+    :func:`mamba_logmel` on ``concat(history, audio)`` and that concatenation's last 240 samples."""
+    from models import frontend
+
+    full = np.concatenate([np.asarray(history, np.float32), np.asarray(audio, np.float32)], axis=1)
+    return mamba_logmel(full, mel)[:, 0], full[:, frontend.HOP:]
+
+
+def mamba_embed(x, w, b):
+    """``x [B, I] @ w [I, O] + b [O]`` (the layer step graph's embedding)."""
+    f = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    return (f(x) @ f(w) + f(b)).astype(np.float32)
+
+
+def mamba_head(x, norm_w, eps, w, b):
+    """``sigmoid(RMSNorm(x) · norm_w @ w + b)``: ``x [B, D]`` -> scores ``[B, C]`` (the layer
+    step graph's final norm, classifier and sigmoid)."""
+    f = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    x = f(x)
+    u = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + f(eps)[0]) * f(norm_w)
+    return (1.0 / (1.0 + np.exp(-(u @ f(w) + f(b))))).astype(np.float32)
+
+
 class MambaLogMel(OpRun):
     op_domain = DOMAIN
 
@@ -130,6 +156,27 @@ class MambaLayer(OpRun):
         return mamba_layer(x, conv_state, h, norm_w, in_w, conv_w, conv_b, x_w, dt_w, dt_b, A, D, out_w, eps)
 
 
+class MambaLogMelStep(OpRun):
+    op_domain = DOMAIN
+
+    def _run(self, history, audio, mel):
+        return mamba_logmel_step(history, audio, mel)
+
+
+class MambaEmbed(OpRun):
+    op_domain = DOMAIN
+
+    def _run(self, x, w, b):
+        return (mamba_embed(x, w, b),)
+
+
+class MambaHead(OpRun):
+    op_domain = DOMAIN
+
+    def _run(self, x, norm_w, eps, w, b):
+        return (mamba_head(x, norm_w, eps, w, b),)
+
+
 def uses_fused_ops(model: onnx.ModelProto) -> bool:
     return any(n.domain == DOMAIN for n in model.graph.node)
 
@@ -141,7 +188,8 @@ class FusedRunner:
         path = Path(path)
         # external data (weights.bin) is resolved against the graph's folder
         self.model = onnx.load(str(path), load_external_data=True)
-        self.ev = ReferenceEvaluator(self.model, new_ops=[MambaConv, MambaSsm, MambaLogMel, MambaLayer])
+        self.ev = ReferenceEvaluator(self.model, new_ops=[MambaConv, MambaSsm, MambaLogMel, MambaLayer,
+                                                           MambaLogMelStep, MambaEmbed, MambaHead])
         self.output_names = [o.name for o in self.model.graph.output]
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

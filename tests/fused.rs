@@ -1,6 +1,7 @@
 //! The fused-operator graphs (`step-fused.onnx`, `chunk-fused.onnx`: each layer's conv and
 //! selective-state update as the `ai.mambatag` MambaConv/MambaSsm ops; `step-layer.onnx`: each
-//! whole layer as one MambaLayer op; CPU kernels here) against the standard-operator step graph, which is independent arithmetic: same scores
+//! whole layer as one MambaLayer op, the embedding and head as MambaEmbed/MambaHead; CPU
+//! kernels here) against the standard-operator step graph, which is independent arithmetic: same scores
 //! frame by frame, with state carried, idle rows, slot resets and chunked calls.
 
 mod common;
@@ -250,6 +251,17 @@ fn a_broken_layer_graph_is_a_clear_error() {
         "bad-layer-step.onnx",
         "MambaLayer in_w: shape [15, 64], expected [16, 64]",
         "MambaLayer",
+    );
+}
+
+/// A layer graph whose `MambaHead` weight lacks a row (made from test-tiny's step-layer.onnx by
+/// dropping the last row of `head_w`).
+#[test]
+fn a_broken_head_is_a_clear_error() {
+    assert_broken_graph_fails_clearly(
+        "bad-head-step.onnx",
+        "MambaHead w: shape [15, 8], expected [16, 8]",
+        "MambaHead",
     );
 }
 

@@ -81,8 +81,9 @@ def test_verify_checks_fused_graphs(big_model, capsys):
 
 @pytest.mark.parametrize("which", ["tiny", "big"])
 def test_layer_step_graph_matches_reference(which, tiny_model, big_model):
-    """step-layer.onnx: one MambaLayer op per layer (no projections left as MatMuls), the step
-    graph's contract, and the float64 reference's scores over 80 carried steps."""
+    """step-layer.onnx: one MambaLayer op per layer, the embedding and the head as MambaEmbed /
+    MambaHead (no MatMul left), the step graph's contract, and the float64 reference's scores
+    over 80 carried steps."""
     step_path, w, c = tiny_model if which == "tiny" else big_model
     p = step_path.parent / "step-layer.onnx"
     m = onnx.load(str(p), load_external_data=False)
@@ -90,7 +91,8 @@ def test_layer_step_graph_matches_reference(which, tiny_model, big_model):
     n_layers = sum(1 for k in info.states if k.endswith(".ssm"))
     ops = [n.op_type for n in m.graph.node]
     assert ops.count("MambaLayer") == n_layers and "MambaSsm" not in ops
-    assert ops.count("MatMul") == 2  # the embedding and the head
+    assert ops.count("MambaEmbed") == 1 and ops.count("MambaHead") == 1
+    assert "MatMul" not in ops and "Sigmoid" not in ops
     audio = test_signal(80, seed=5)
     ref = reference_scores(w, c, audio)
     r = FusedRunner(p)

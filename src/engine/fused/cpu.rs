@@ -180,6 +180,7 @@ thread_local! {
     static CONV_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     static SPEC_SCRATCH: RefCell<SpecScratch> = RefCell::new(SpecScratch::default());
     static LAYER_SCRATCH: RefCell<LayerScratch> = RefCell::new(LayerScratch::default());
+    static DENSE_SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Per-row inputs of the SSM op (slices of one batch row).
@@ -895,6 +896,47 @@ pub fn layer_row(
             *o += xv;
         }
     })
+}
+
+/// The RMSNorm of `MambaEmbed`/`MambaHead`: `norm_w [I]` and `eps`.
+pub struct DenseNorm<'a> {
+    pub w: &'a [f32],
+    pub eps: f32,
+}
+
+/// One batch row of `MambaEmbed` (`norm` None, `sigmoid` false) or `MambaHead`: `out =
+/// act(RMSNorm(x) · norm_w @ w + b)` for `w [x.len(), out.len()]`; the norm is `layer_row`'s.
+pub fn dense_row(
+    x: &[f32],
+    norm: Option<&DenseNorm>,
+    w: &[f32],
+    b: &[f32],
+    sigmoid: bool,
+    out: &mut [f32],
+) {
+    let Some(nm) = norm else {
+        vecmat_any(x, w, out);
+        return finish_dense(b, sigmoid, out);
+    };
+    DENSE_SCRATCH.with_borrow_mut(|u| {
+        u.resize(x.len(), 0.0);
+        let ss: f32 = x.iter().map(|v| v * v).sum();
+        let inv = 1.0 / (ss / x.len() as f32 + nm.eps).sqrt();
+        for ((u, &xv), &nw) in u.iter_mut().zip(x).zip(nm.w) {
+            *u = xv * inv * nw;
+        }
+        vecmat_any(u, w, out);
+    });
+    finish_dense(b, sigmoid, out)
+}
+
+fn finish_dense(b: &[f32], sigmoid: bool, out: &mut [f32]) {
+    for (o, &bv) in out.iter_mut().zip(b) {
+        *o += bv;
+        if sigmoid {
+            *o = 1.0 / (1.0 + exp(-*o));
+        }
+    }
 }
 
 #[cfg(test)]

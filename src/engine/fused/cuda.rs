@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use ort::operator::{ComputeContext, Kernel};
 use ort::value::DynTensorValueType;
 
-use super::{err, gather, ConvDims, LayerDims, LogMelDims, SsmDims, F32, F64};
+use super::{
+    err, gather, ConvDims, DenseCall, LayerDims, LogMelDims, LogMelStepDims, SsmDims, F32, F64,
+    HISTORY, HOP,
+};
 
 const PTX: &str = concat!(include_str!("kernels.ptx"), "\0");
 /// Threads per block of the conv and scan kernels (kernels.cu compiles `mamba_ssm_r8n16` with
@@ -129,7 +132,10 @@ pub enum Which {
     Conv,
     Ssm,
     LogMel,
+    LogMelStep,
     Layer,
+    Embed,
+    Head,
 }
 
 /// The kernels of `kernels.cu`, in [`ENTRY_POINTS`] order.
@@ -149,9 +155,16 @@ enum Entry {
     Tables,
     /// `mamba_ssm` compiled for dt_rank 8 and d_state 16 (the default model's shape).
     SsmR8N16,
+    /// Small batches: `layer_mix` + `layer_out` as one launch (see [`launch_layer`]).
+    MixOut1,
+    /// One row of a dense layer per block row (optional RMSNorm, bias, sigmoid): `layer_in`
+    /// for small batches, `MambaEmbed`, `MambaHead`.
+    Dense1,
+    /// `MambaLogMelStep`: `mamba_logmel` reading the history and the hop from two tensors.
+    LogMelStep,
 }
 
-const ENTRY_POINTS: [&std::ffi::CStr; 11] = [
+const ENTRY_POINTS: [&std::ffi::CStr; 14] = [
     c"mamba_conv",
     c"mamba_ssm",
     c"mamba_logmel",
@@ -163,6 +176,9 @@ const ENTRY_POINTS: [&std::ffi::CStr; 11] = [
     c"layer_out8",
     c"mamba_tables",
     c"mamba_ssm_r8n16",
+    c"layer_mixout1",
+    c"mamba_dense1",
+    c"mamba_logmel_step",
 ];
 
 /// Hops per shared-memory group of `mamba_ssm` (kernels.cu's `SSM_HOPS`).
@@ -308,10 +324,33 @@ fn enter(d: &Driver, m: &Module) -> ort::Result<()> {
     Ok(())
 }
 
-/// Launches the three kernels of `MambaLayer` (see kernels.cu): one row per block while the
-/// batch fits the SMs (lowest latency), else 8 rows per block for the projections and 4 for the
-/// conv + SSM part (the weights are then read once per block of rows). `p`: the op's 14 input
-/// pointers, then its 5 outputs (x', conv', h', xz, y).
+/// Whether a `MambaLayer` call takes the two-launch path (`mamba_dense1`, `layer_mixout1`): its
+/// shapes fit those kernels' register arrays (kernels.cu's `FAST_*` limits: d_conv <= 4,
+/// dt_rank <= 16, d_inner <= 256, d_model <= 128) and the batch is small enough that the
+/// mix, repeated by each of a row's `ceil(d_model / OUT_COLS)` blocks, still fits the SMs in
+/// one wave. `MAMBATAG_LAYER_FAST=0` turns it off (kernel A/B timing only).
+fn fast_layer(d: &LayerDims, sms: usize) -> bool {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var_os("MAMBATAG_LAYER_FAST").is_some_and(|v| v == "0")) {
+        return false;
+    }
+    let w = d.r + 2 * d.n;
+    let per_x = |w: usize| d.e.div_ceil((LAYER_THREADS as usize / w).max(1));
+    (1..=4).contains(&d.k)
+        && d.r <= 16
+        && d.e <= LAYER_THREADS as usize
+        && w <= LAYER_THREADS as usize
+        && per_x(w) <= 48
+        && d.dm <= 128
+        && d.dm.div_ceil(OUT_COLS) * d.b <= sms
+}
+
+/// Launches the kernels of `MambaLayer` (see kernels.cu): two (`mamba_dense1`,
+/// `layer_mixout1`) for small batches of shapes that fit them ([`fast_layer`]), else three: one
+/// row per block while the batch fits the SMs (lowest latency), else 8 rows per block for the
+/// projections and 4 for the conv + SSM part (the weights are then read once per block of
+/// rows). All paths sum in the same order, so a row's scores do not depend on the path. `p`:
+/// the op's 14 input pointers, then its 5 outputs (x', conv', h', xz, y).
 fn launch_layer(
     ctx: &ComputeContext,
     m: &Module,
@@ -325,6 +364,46 @@ fn launch_layer(
              {w} > {LAYER_THREADS} (use the step-fused graph: --kernels fused)",
             d.k, d.n, d.r
         )));
+    }
+    let q = |i: usize| p[i];
+    if fast_layer(d, m.sms) {
+        launch(
+            ctx,
+            m,
+            Entry::Dense1,
+            ((2 * d.e).div_ceil(IN_COLS), d.b),
+            LAYER_THREADS,
+            4 * d.dm,
+            vec![q(0), q(3), q(13), q(4), std::ptr::null_mut(), q(17)],
+            &[d.b, d.dm, 2 * d.e, 0],
+        )?;
+        return launch(
+            ctx,
+            m,
+            Entry::MixOut1,
+            (d.dm.div_ceil(OUT_COLS), d.b),
+            LAYER_THREADS,
+            0,
+            vec![
+                q(17),
+                q(1),
+                q(2),
+                q(5),
+                q(6),
+                q(7),
+                q(8),
+                q(9),
+                q(10),
+                q(11),
+                q(0),
+                q(12),
+                q(18),
+                q(15),
+                q(16),
+                q(14),
+            ],
+            &[d.b, d.e, d.n, d.r, d.k, d.dm],
+        );
     }
     let small = d.b <= m.sms;
     let (rb_p, rb_m) = if small { (1, 1) } else { (8, 4) };
@@ -343,7 +422,6 @@ fn launch_layer(
         )));
     }
     let rows_p = d.b.div_ceil(rb_p);
-    let q = |i: usize| p[i];
     launch(
         ctx,
         m,
@@ -529,11 +607,65 @@ impl Kernel for CudaKernel {
                     &[d.t, d.s, d.m, groups, frames],
                 )
             }
+            Which::LogMelStep => {
+                let (ins, shapes) = gather(ctx, "MambaLogMelStep", [F32, F32, F64])?;
+                let d = LogMelStepDims::check(&shapes)?;
+                if d.m > 256 {
+                    return Err(err(format!(
+                        "MambaLogMelStep (CUDA): {} mel bands > 256",
+                        d.m
+                    )));
+                }
+                // [history, audio, mel, logmel, history'] -> the kernel's [audio, mel, logmel,
+                // history, history']
+                let p = pointers(ctx, ins, &[d.out(), d.history()])?;
+                let (frames, groups) = logmel_split(d.b, 1, d.m, m.sms);
+                launch(
+                    ctx,
+                    m,
+                    Entry::LogMelStep,
+                    (groups, d.b),
+                    256,
+                    0,
+                    vec![p[1], p[2], p[3], p[0], p[4]],
+                    &[1, HOP, d.m, groups, frames, HISTORY],
+                )
+            }
             Which::Layer => {
                 let (ins, shapes) = gather(ctx, "MambaLayer", [F32; 14])?;
                 let d = LayerDims::check(&shapes)?;
                 let p = pointers(ctx, ins, &d.outputs())?;
                 launch_layer(ctx, m, &d, &p)
+            }
+            Which::Embed | Which::Head => {
+                let c = DenseCall::gather(ctx, matches!(self.which, Which::Head))?;
+                let d = c.d;
+                if 4 * d.i > SHARED_LIMIT {
+                    return Err(err(format!(
+                        "MambaEmbed/MambaHead (CUDA): {} inputs need more than {SHARED_LIMIT} \
+                         bytes of shared memory per block",
+                        d.i
+                    )));
+                }
+                let sig = c.norm.is_some();
+                let mut vals = vec![c.x, c.w, c.b];
+                if let Some((nw, eps)) = c.norm {
+                    vals.extend([nw, eps]);
+                }
+                // [x, w, b, (norm_w, eps), out] -> the kernel's [x, norm_w, eps, w, b, out]
+                let p = pointers(ctx, vals, &[d.out()])?;
+                let null = std::ptr::null_mut();
+                let (nw, eps) = if sig { (p[3], p[4]) } else { (null, null) };
+                launch(
+                    ctx,
+                    m,
+                    Entry::Dense1,
+                    (d.o.div_ceil(IN_COLS), d.b),
+                    LAYER_THREADS,
+                    4 * d.i,
+                    vec![p[0], nw, eps, p[1], p[2], p[p.len() - 1]],
+                    &[d.b, d.i, d.o, sig as usize],
+                )
             }
         }
     }
@@ -715,7 +847,64 @@ impl Drop for Stream {
 
 #[cfg(test)]
 mod tests {
-    use super::{logmel_split, ssm_shared_bytes, SHARED_LIMIT};
+    use super::{fast_layer, logmel_split, ssm_shared_bytes, LayerDims, SHARED_LIMIT};
+
+    /// The two-launch layer path is taken exactly where its kernels' register arrays hold the
+    /// shapes and a row's blocks fit the SMs in one wave; everything else keeps the three
+    /// launches (both run in the GPU suite, tests/gpu.rs, which grows batches through the
+    /// switch point).
+    #[test]
+    fn fast_layer_path_takes_small_batches_of_shapes_that_fit() {
+        let default = |b| LayerDims {
+            b,
+            dm: 128,
+            e: 256,
+            n: 16,
+            r: 8,
+            k: 4,
+        };
+        // 4 blocks per row on 132 SMs: up to 33 rows
+        assert!(fast_layer(&default(1), 132));
+        assert!(fast_layer(&default(33), 132));
+        assert!(!fast_layer(&default(34), 132));
+        // the test model (d_model 16, d_inner 32, dt_rank 1, d_state 4): one block per row
+        let tiny = LayerDims {
+            b: 132,
+            dm: 16,
+            e: 32,
+            n: 4,
+            r: 1,
+            k: 4,
+        };
+        assert!(fast_layer(&tiny, 132));
+        assert!(!fast_layer(&LayerDims { b: 133, ..tiny }, 132));
+        // shapes past the register arrays
+        assert!(!fast_layer(
+            &LayerDims {
+                dm: 256,
+                e: 512,
+                ..default(1)
+            },
+            132
+        ));
+        assert!(!fast_layer(&LayerDims { k: 5, ..default(1) }, 132));
+        assert!(!fast_layer(
+            &LayerDims {
+                r: 17,
+                ..default(1)
+            },
+            132
+        ));
+        // x_proj split: width 40 -> 256 / 40 = 6 ways of 43 inputs (<= 48); width 48 -> 5
+        // ways of 52
+        assert!(!fast_layer(
+            &LayerDims {
+                r: 16,
+                ..default(1)
+            },
+            132
+        ));
+    }
 
     /// The scan's shared memory follows its hop group: one hop for a step, 16 for a chunk, and
     /// stays under the no-opt-in limit for the largest shapes the launcher accepts (dt_rank 32,

@@ -235,8 +235,15 @@ extern "C" __global__ void mamba_tables() {
     }
 }
 
-extern "C" __global__ void mamba_logmel(const float* __restrict__ audio, const double* __restrict__ mel,
-                                        float* __restrict__ out, int T, int S, int M, int G, int F) {
+// HIST (`mamba_logmel_step`, `MambaLogMelStep`): the row's H samples of history [B, H] come
+// before its audio [B, S], as if concatenated, and block x = 0 of each row writes the last H
+// samples of that concatenation to `hist_out`. Else (`mamba_logmel`, `MambaLogMel`): audio
+// [B, S] holds the history; `hist`, `hist_out` and H are unused.
+template <bool HIST>
+__device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, const double* __restrict__ mel,
+                                            float* __restrict__ out, const float* __restrict__ hist,
+                                            float* __restrict__ hist_out, int T, int S, int M, int G, int F,
+                                            int H) {
     __shared__ double re2[2][512];
     __shared__ double im2[2][512];
     __shared__ double pw[2][257];  // the power spectra of the pair
@@ -265,15 +272,23 @@ extern "C" __global__ void mamba_logmel(const float* __restrict__ audio, const d
             atomicMax(&hi[m], k + 1);
         }
     }
+    // sample i of the row's (history ++ audio)
+    auto smp = [&](long i) -> float {
+        if (HIST) return i < H ? hist[b * H + i] : audio[b * S + i - H];
+        return audio[b * S + i];
+    };
+    if (HIST && blockIdx.x == 0) {
+        for (int k = threadIdx.x; k < H; k += blockDim.x) hist_out[b * H + k] = smp((long)T * 160 + k);
+    }
     const int t1 = min(T, (tb + 1) * F);
     for (int t = tb * F; t < t1; t += 2) {
         const bool two = t + 1 < t1;
         __syncthreads();  // set-up done / the previous pair's spectra read
-        const float* x = audio + b * S + (long)t * 160;
+        const long x = (long)t * 160;
         for (int n = threadIdx.x; n < 512; n += blockDim.x) {
             const int r = __brev(n) >> 23;  // 9-bit reversal
-            re2[0][r] = (n < 400) ? (double)x[n] * hann[n] : 0.0;
-            im2[0][r] = (n < 400 && two) ? (double)x[n + 160] * hann[n] : 0.0;
+            re2[0][r] = (n < 400) ? (double)smp(x + n) * hann[n] : 0.0;
+            im2[0][r] = (n < 400 && two) ? (double)smp(x + n + 160) * hann[n] : 0.0;
         }
         __syncthreads();
         int p = 0;
@@ -321,9 +336,21 @@ extern "C" __global__ void mamba_logmel(const float* __restrict__ audio, const d
     }
 }
 
+extern "C" __global__ void mamba_logmel(const float* audio, const double* mel, float* out, int T, int S,
+                                        int M, int G, int F) {
+    logmel_rows<false>(audio, mel, out, nullptr, nullptr, T, S, M, G, F, 0);
+}
+// grid (G, B) for one hop: audio [B, S = 160] after hist [B, H = 240]
+extern "C" __global__ void mamba_logmel_step(const float* audio, const double* mel, float* out,
+                                             const float* hist, float* hist_out, int T, int S, int M,
+                                             int G, int F, int H) {
+    logmel_rows<true>(audio, mel, out, hist, hist_out, T, S, M, G, F, H);
+}
+
 // ---------------------------------------------------------------------------------------------
 // One whole residual Mamba block for one hop (`MambaLayer`, the layer step graph
-// `step-layer.onnx`), as three launches:
+// `step-layer.onnx`), as three launches (small batches: two, `mamba_dense1` + `layer_mixout1`
+// at the end of this file):
 //   layer_in:  u = RMSNorm(x) * norm_w;  xz = u @ in_w                 [B, 2E]
 //   layer_mix: xc = SiLU(causal conv(xz[:, :E]) + conv_b)  (conv state [K-1, E])
 //              dbc = xc @ x_w;  y = MambaSsm(xc, z = xz[:, E:], dbc, ...)   [B, E]
@@ -573,3 +600,202 @@ extern "C" __global__ void layer_out8(const float* x, const float* y, const floa
     }
 MIX_ENTRY(layer_mix1, 1)
 MIX_ENTRY(layer_mix4, 4)
+
+// ---------------------------------------------------------------------------------------------
+// Small batches (a few blocks per row fill the SMs): `layer_mixout1` does layer_mix and
+// layer_out of one row in one launch. Each of the row's ceil(D / OUT_COLS) blocks repeats the
+// row's whole mix (conv, x_proj, SSM update: one block's latency-bound work, so repeating it
+// costs no time) and then its OUT_COLS columns of out_proj + residual; block 0 writes the
+// states and y. Every global load the block needs is issued first, into registers (they do not
+// depend on one another), so the block waits for memory once instead of once per phase. The
+// sums run in the same order as layer_mix_rows<1> / layer_out_rows<1>, so the results are the
+// same bits. Limits (checked by the launcher): E <= 256 threads, K <= FAST_K, R <= FAST_R,
+// N <= MAX_N, ceil(E / (256 / W)) <= FAST_XW, ceil(E / 8) <= FAST_OW.
+#define FAST_K 4
+#define FAST_R 16
+#define FAST_XW 48
+#define FAST_OW 32
+
+// grid (ceil(D / OUT_COLS), B), block 256
+extern "C" __global__ void __launch_bounds__(256) layer_mixout1(
+    const float* __restrict__ xz, const float* __restrict__ conv0, const float* __restrict__ h0,
+    const float* __restrict__ conv_w, const float* __restrict__ conv_b, const float* __restrict__ x_w,
+    const float* __restrict__ dt_w, const float* __restrict__ dt_b, const float* __restrict__ A,
+    const float* __restrict__ Dskip, const float* __restrict__ x, const float* __restrict__ out_w,
+    float* __restrict__ y_out, float* __restrict__ conv1, float* __restrict__ h1, float* __restrict__ x_out,
+    int B, int E, int N, int R, int K, int Dm) {
+    __shared__ float xc[256];
+    __shared__ float dbc[256];
+    __shared__ float part[256];  // x_proj partial sums [S][W], then out_proj's [8][OUT_COLS]
+    __shared__ float ys[256];
+    const int tid = threadIdx.x;
+    const long b = blockIdx.y;
+    const bool lead = blockIdx.x == 0;
+    const bool ch = tid < E;
+    const int e = tid;
+    const int W = R + 2 * N;
+    // --- 1. all loads up front
+    float win[FAST_K - 1], wk[FAST_K - 1], wl = 0.0f, xv = 0.0f, cb = 0.0f;
+#pragma unroll
+    for (int j = 0; j < FAST_K - 1; j++) {
+        win[j] = (ch && j < K - 1) ? conv0[(b * (K - 1) + j) * E + e] : 0.0f;
+        wk[j] = (ch && j < K - 1) ? conv_w[j * E + e] : 0.0f;
+    }
+    if (ch) {
+        wl = conv_w[(K - 1) * E + e];
+        xv = xz[b * 2 * E + e];
+        cb = conv_b[e];
+    }
+    const int S = 256 / W;
+    const int s = tid / W, c = tid % W;
+    const int per = (E + S - 1) / S;
+    const int i0 = s * per, i1 = min(E, i0 + per);
+    float xw[FAST_XW];
+#pragma unroll
+    for (int u = 0; u < FAST_XW; u++) xw[u] = (s < S && i0 + u < i1) ? x_w[(long)(i0 + u) * W + c] : 0.0f;
+    float dw[FAST_R], a[MAX_N], hv[MAX_N], dtb = 0.0f, dsk = 0.0f, z = 0.0f;
+#pragma unroll
+    for (int q = 0; q < FAST_R; q++) dw[q] = (ch && q < R) ? dt_w[q * E + e] : 0.0f;
+#pragma unroll
+    for (int n = 0; n < MAX_N; n++) {
+        a[n] = (ch && n < N) ? A[n * E + e] : 0.0f;
+        hv[n] = (ch && n < N) ? h0[(b * N + n) * E + e] : 0.0f;
+    }
+    if (ch) {
+        dtb = dt_b[e];
+        dsk = Dskip[e];
+        z = xz[b * 2 * E + E + e];
+    }
+    const int oc = tid % OUT_COLS, os = tid / OUT_COLS;  // 8 splits of the input axis
+    const int j = blockIdx.x * OUT_COLS + oc;
+    const int oper = (E + 7) / 8, o0 = os * oper, o1 = min(E, o0 + oper);
+    float ow[FAST_OW];
+#pragma unroll
+    for (int u = 0; u < FAST_OW; u++) ow[u] = (j < Dm && o0 + u < o1) ? out_w[(long)(o0 + u) * Dm + j] : 0.0f;
+    const float xres = (tid < OUT_COLS && j < Dm) ? x[b * Dm + j] : 0.0f;
+    // --- 2. conv + SiLU
+    if (ch) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int q = 0; q < FAST_K - 1; q++) {
+            if (q < K - 1) {
+                acc += wk[q] * win[q];
+                if (lead && q > 0) conv1[(b * (K - 1) + q - 1) * E + e] = win[q];
+            }
+        }
+        acc += wl * xv;
+        acc += cb;
+        if (lead && K > 1) conv1[(b * (K - 1) + K - 2) * E + e] = xv;
+        xc[e] = acc * sigmoidf_(acc);
+    }
+    __syncthreads();
+    // --- 3. x_proj: dbc = xc @ x_w
+    if (s < S) {
+        float acc = 0.0f;
+#pragma unroll
+        for (int u = 0; u < FAST_XW; u++) {
+            if (i0 + u < i1) acc += xc[i0 + u] * xw[u];
+        }
+        part[s * W + c] = acc;
+    }
+    __syncthreads();
+    if (tid < W) {
+        float v = 0.0f;
+        for (int q = 0; q < S; q++) v += part[q * W + tid];
+        dbc[tid] = v;
+    }
+    __syncthreads();
+    // --- 4. dt, the state update, the D skip and the gate
+    if (ch) {
+        float sdt = 0.0f;
+#pragma unroll
+        for (int q = 0; q < FAST_R; q++) {
+            if (q < R) sdt += dbc[q] * dw[q];
+        }
+        sdt += dtb;
+        const float dt = fmaxf(sdt, 0.0f) + logf(1.0f + expf(-fabsf(sdt)));
+        const float xe = xc[e];
+        const float dtx = dt * xe;
+        float y = 0.0f;
+#pragma unroll
+        for (int n = 0; n < MAX_N; n++) {
+            if (n < N) {
+                const float h = expf(dt * a[n]) * hv[n] + dbc[R + n] * dtx;
+                if (lead) h1[(b * N + n) * E + e] = h;
+                y += dbc[R + N + n] * h;
+            }
+        }
+        const float yv = (y + xe * dsk) * (z * sigmoidf_(z));
+        ys[e] = yv;
+        if (lead) y_out[b * E + e] = yv;
+    }
+    __syncthreads();
+    // --- 5. out_proj columns + residual
+    {
+        float acc = 0.0f;
+#pragma unroll
+        for (int u = 0; u < FAST_OW; u++) {
+            if (o0 + u < o1) acc += ys[o0 + u] * ow[u];
+        }
+        part[os * OUT_COLS + oc] = acc;
+    }
+    __syncthreads();
+    if (tid < OUT_COLS && j < Dm) {
+        float v = 0.0f;
+#pragma unroll
+        for (int q = 0; q < 8; q++) v += part[q * OUT_COLS + tid];
+        x_out[b * Dm + j] = xres + v;
+    }
+}
+
+// One row of a small dense layer per block row, with the same up-front loads: `out = act(u @ w +
+// b)` for `u = x` or `u = RMSNorm(x) · norm_w` (norm_w not null); act = sigmoid when `sig`, b may
+// be null. It is `MambaLayer`'s in_proj for small batches (norm, no bias: the same sums in the
+// same order as layer_in_rows<1>, so the same bits) and `MambaEmbed` / `MambaHead`. The block's
+// first FAST_IW weights per thread go into registers before the norm waits for x.
+#define FAST_IW 32
+
+// grid (ceil(O / IN_COLS), B), block 256 (IN_COLS columns x 4 input splits), dynamic shared I floats
+extern "C" __global__ void __launch_bounds__(256) mamba_dense1(
+    const float* __restrict__ x, const float* __restrict__ norm_w, const float* __restrict__ eps_p,
+    const float* __restrict__ w, const float* __restrict__ bias, float* __restrict__ out,
+    int B, int I, int O, int sig) {
+    extern __shared__ float du[];  // [I]
+    __shared__ float part[4 * IN_COLS];
+    const int tid = threadIdx.x, lane = tid & 31;
+    const long b = blockIdx.y;
+    const int c = tid % IN_COLS, s = tid / IN_COLS;
+    const int j = blockIdx.x * IN_COLS + c;
+    const int per = (I + 3) / 4, i0 = s * per, i1 = min(I, i0 + per);
+    float wr[FAST_IW];
+#pragma unroll
+    for (int q = 0; q < FAST_IW; q++) wr[q] = (j < O && i0 + q < i1) ? w[(long)(i0 + q) * O + j] : 0.0f;
+    const float* xr = x + b * I;
+    if (norm_w == nullptr) {
+        for (int i = tid; i < I; i += blockDim.x) du[i] = xr[i];
+    } else if (tid < 32) {
+        const float eps = *eps_p;
+        float ss = 0.0f;
+        for (int i = lane; i < I; i += 32) ss += xr[i] * xr[i];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+        const float inv = 1.0f / sqrtf(ss / (float)I + eps);
+        for (int i = lane; i < I; i += 32) du[i] = xr[i] * inv * norm_w[i];
+    }
+    __syncthreads();
+    float acc = 0.0f;
+#pragma unroll
+    for (int q = 0; q < FAST_IW; q++) {
+        if (i0 + q < i1) acc += du[i0 + q] * wr[q];
+    }
+    for (int i = i0 + FAST_IW; i < i1; i++) acc += du[i] * ((j < O) ? w[(long)i * O + j] : 0.0f);
+    part[s * IN_COLS + c] = acc;
+    __syncthreads();
+    if (tid < IN_COLS && j < O) {
+        const float* p = part + tid;
+        float v = ((p[0] + p[IN_COLS]) + p[2 * IN_COLS]) + p[3 * IN_COLS];
+        if (bias != nullptr) v += bias[j];
+        if (sig) v = sigmoidf_(v);
+        out[b * O + j] = v;
+    }
+}

@@ -21,6 +21,14 @@
 //!   layer step graph (`step-layer.onnx`) is one of these per layer, so a step on the GPU is
 //!   about a dozen kernel launches instead of ~38.
 //!
+//! * `MambaLogMelStep(history, audio, mel) -> (logmel, history')`: `MambaLogMel` for one hop of
+//!   `audio [B, 160]` after `history [B, 240]`, and the next history (the layer step graph's
+//!   front end, instead of ORT's concat + slice around `MambaLogMel`).
+//!
+//! * `MambaEmbed(x, w, b) -> x @ w + b` and `MambaHead(x, norm_w, eps, w, b) ->
+//!   sigmoid(RMSNorm(x) · norm_w @ w + b)`: the layer step graph's embedding and head (`[B, I]`
+//!   in, `[B, O]` out), one launch each on a GPU instead of two and four of ORT's.
+//!
 //! `T` is taken from the inputs, so the conv, SSM and log-mel ops serve the step graph
 //! (`T = 1`) and the chunk graph. Each has a CPU kernel (Rust, [`cpu`]) and, with `--features cuda`, a CUDA
 //! kernel (`kernels.cu`, loaded as PTX through the driver API, [`cuda`]); both walk the hops
@@ -87,14 +95,20 @@ pub fn domain(cuda_device: Option<i32>) -> ort::Result<OperatorDomain> {
         .add(ConvOp(Ep::Cpu))?
         .add(SsmOp(Ep::Cpu))?
         .add(LogMelOp(Ep::Cpu))?
-        .add(LayerOp(Ep::Cpu))?;
+        .add(LogMelStepOp(Ep::Cpu))?
+        .add(LayerOp(Ep::Cpu))?
+        .add(DenseOp::embed(Ep::Cpu))?
+        .add(DenseOp::head(Ep::Cpu))?;
     #[cfg(feature = "cuda")]
     if let Some(id) = cuda_device {
         return d
             .add(ConvOp(Ep::Cuda(id)))?
             .add(SsmOp(Ep::Cuda(id)))?
             .add(LogMelOp(Ep::Cuda(id)))?
-            .add(LayerOp(Ep::Cuda(id)));
+            .add(LogMelStepOp(Ep::Cuda(id)))?
+            .add(LayerOp(Ep::Cuda(id)))?
+            .add(DenseOp::embed(Ep::Cuda(id)))?
+            .add(DenseOp::head(Ep::Cuda(id)));
     }
     let _ = cuda_device;
     Ok(d)
@@ -334,6 +348,127 @@ impl LogMelDims {
 
 /// `MambaLogMel`.
 pub struct LogMelOp(pub Ep);
+
+/// Sizes of one `MambaLogMelStep` call: `history [B, 240]`, `audio [B, 160]`, `mel [257, M]`.
+#[derive(Debug, Clone, Copy)]
+pub struct LogMelStepDims {
+    pub b: usize,
+    pub m: usize,
+}
+
+impl LogMelStepDims {
+    fn check([hist, audio, mel]: &[Vec<usize>; 3]) -> ort::Result<Self> {
+        let &[b, HISTORY] = hist.as_slice() else {
+            return Err(err(format!(
+                "MambaLogMelStep: history shape {hist:?}, expected [B, {HISTORY}]"
+            )));
+        };
+        expect("MambaLogMelStep audio", audio, &[b, HOP])?;
+        let m = LogMelDims::check(&[vec![b, WIN], mel.clone()])
+            .map_err(|e| err(e.to_string().replace("MambaLogMel:", "MambaLogMelStep:")))?
+            .m;
+        Ok(Self { b, m })
+    }
+    /// The same hop as a `MambaLogMel` call on the concatenated `[B, 400]` frame.
+    pub fn frame(&self) -> LogMelDims {
+        LogMelDims {
+            b: self.b,
+            s: WIN,
+            t: 1,
+            m: self.m,
+        }
+    }
+    /// `logmel`'s shape, `[B, M]`.
+    pub fn out(&self) -> Vec<i64> {
+        vec![self.b as i64, self.m as i64]
+    }
+    /// `history'`'s shape.
+    pub fn history(&self) -> Vec<i64> {
+        vec![self.b as i64, HISTORY as i64]
+    }
+}
+
+/// `MambaLogMelStep`: one hop of the front end from the audio history and the new hop, giving
+/// the log-mel `[B, M]` and the next history (the layer step graph's front end).
+pub struct LogMelStepOp(pub Ep);
+
+impl Operator for LogMelStepOp {
+    type Kernel<'attr> = BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        "MambaLogMelStep"
+    }
+
+    fn execution_provider_type(&self) -> Option<&str> {
+        ep_name(self.0)
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        [
+            OperatorInput::required(F32),
+            OperatorInput::required(F32),
+            OperatorInput::required(F64),
+        ]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(F32), OperatorOutput::required(F32)]
+    }
+
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        let ins = ctx.inputs();
+        if let (Some((h, hs)), Some((m, _))) = (
+            ins.first().and_then(tensor_parts),
+            ins.get(2).and_then(tensor_parts),
+        ) {
+            let b = h.first().copied().unwrap_or(-1);
+            let bs = hs.first().cloned().unwrap_or_default();
+            let mm = m.get(1).copied().unwrap_or(-1);
+            ctx.set_output(0, &f32_tensor(vec![b, mm], vec![bs, String::new()]))?;
+        }
+        same_as(ctx, &[(1, 0)])
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        match self.0 {
+            Ep::Cpu => Ok(Box::new(LogMelStepCpu(cpu::LogMelCpu::new()))),
+            #[cfg(feature = "cuda")]
+            Ep::Cuda(id) => Ok(Box::new(cuda::CudaKernel::new(
+                id,
+                cuda::Which::LogMelStep,
+            )?)),
+        }
+    }
+}
+
+/// CPU kernel of `MambaLogMelStep`: `MambaLogMel`'s on the concatenated frame.
+struct LogMelStepCpu(cpu::LogMelCpu);
+
+impl Kernel for LogMelStepCpu {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let (ins, shapes) = gather(ctx, "MambaLogMelStep", [F32, F32, F64])?;
+        let d = LogMelStepDims::check(&shapes)?;
+        let hist = host_slice(&ins[0], "MambaLogMelStep history")?;
+        let audio = host_slice(&ins[1], "MambaLogMelStep audio")?;
+        let mel = ins[2]
+            .try_extract_tensor::<f64>()
+            .map(|(_, s)| s)
+            .map_err(|e| err(format!("MambaLogMelStep mel: {e}")))?;
+        let lm = SendPtr::of(&host_out(ctx, 0, d.out())?);
+        let ho = SendPtr::of(&host_out(ctx, 1, d.history())?);
+        let fd = d.frame();
+        let (spectrum, mel) = self.0.parts(&fd, mel);
+        for_rows(ctx, d.b, |i| {
+            let mut frame = [0.0f32; WIN];
+            frame[..HISTORY].copy_from_slice(&hist[i * HISTORY..(i + 1) * HISTORY]);
+            frame[HISTORY..].copy_from_slice(&audio[i * HOP..(i + 1) * HOP]);
+            // SAFETY: row i's ranges of the two outputs, disjoint across rows.
+            let (o, h) = unsafe { (lm.row(i, d.m), ho.row(i, HISTORY)) };
+            spectrum.row(&fd, &frame, mel, o);
+            h.copy_from_slice(&frame[HOP..]);
+        })
+    }
+}
 
 impl Operator for LogMelOp {
     type Kernel<'attr> = BoxedKernel<'attr>;
@@ -808,6 +943,197 @@ impl Kernel for LayerCpu {
             let c0 = &sl[1][i * rc..(i + 1) * rc];
             let h0 = &sl[2][i * rh..(i + 1) * rh];
             cpu::layer_row(&d, &w, x0, c0, h0, out);
+        })
+    }
+}
+
+/// Sizes of one `MambaEmbed` / `MambaHead` call: `x [B, I]`, `w [I, O]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DenseDims {
+    pub b: usize,
+    pub i: usize,
+    pub o: usize,
+}
+
+impl DenseDims {
+    /// `norm_w` is `MambaHead`'s (None for `MambaEmbed`).
+    fn check(
+        op: &str,
+        x: &[usize],
+        w: &[usize],
+        bias: &[usize],
+        norm: Option<(&[usize], &[usize])>,
+    ) -> ort::Result<Self> {
+        let (&[b, i], &[_, o]) = (x, w) else {
+            return Err(err(format!(
+                "{op}: x {x:?} / w {w:?} must be [B, I] / [I, O]"
+            )));
+        };
+        expect(&format!("{op} w"), w, &[i, o])?;
+        expect(&format!("{op} b"), bias, &[o])?;
+        if let Some((norm_w, eps)) = norm {
+            expect(&format!("{op} norm_w"), norm_w, &[i])?;
+            expect(&format!("{op} eps"), eps, &[1])?;
+        }
+        Ok(Self { b, i, o })
+    }
+
+    /// The output's shape, `[B, O]`.
+    pub fn out(&self) -> Vec<i64> {
+        vec![self.b as i64, self.o as i64]
+    }
+}
+
+/// `MambaEmbed` (`head` false: `x, w, b`) or `MambaHead` (`x, norm_w, eps, w, b`).
+pub struct DenseOp {
+    ep: Ep,
+    head: bool,
+}
+
+impl DenseOp {
+    pub fn embed(ep: Ep) -> Self {
+        Self { ep, head: false }
+    }
+    pub fn head(ep: Ep) -> Self {
+        Self { ep, head: true }
+    }
+    fn n_inputs(&self) -> usize {
+        if self.head {
+            5
+        } else {
+            3
+        }
+    }
+}
+
+/// The inputs of one `MambaEmbed` / `MambaHead` call (shared by the CPU and CUDA kernels):
+/// `x`, `w`, `b`, and for the head `norm_w` and `eps`, with the call's sizes.
+pub(crate) struct DenseCall<'a> {
+    pub d: DenseDims,
+    pub x: ort::value::ValueRef<'a>,
+    pub w: ort::value::ValueRef<'a>,
+    pub b: ort::value::ValueRef<'a>,
+    pub norm: Option<(ort::value::ValueRef<'a>, ort::value::ValueRef<'a>)>,
+}
+
+impl<'a> DenseCall<'a> {
+    pub(crate) fn gather(ctx: &'a ComputeContext, head: bool) -> ort::Result<Self> {
+        if head {
+            let (ins, s) = gather(ctx, "MambaHead", [F32; 5])?;
+            let d = DenseDims::check("MambaHead", &s[0], &s[3], &s[4], Some((&s[1], &s[2])))?;
+            let [x, norm_w, eps, w, b]: [_; 5] = ins
+                .try_into()
+                .map_err(|_| err("MambaHead: 5 inputs expected"))?;
+            Ok(Self {
+                d,
+                x,
+                w,
+                b,
+                norm: Some((norm_w, eps)),
+            })
+        } else {
+            let (ins, s) = gather(ctx, "MambaEmbed", [F32; 3])?;
+            let d = DenseDims::check("MambaEmbed", &s[0], &s[1], &s[2], None)?;
+            let [x, w, b]: [_; 3] = ins
+                .try_into()
+                .map_err(|_| err("MambaEmbed: 3 inputs expected"))?;
+            Ok(Self {
+                d,
+                x,
+                w,
+                b,
+                norm: None,
+            })
+        }
+    }
+}
+
+impl Operator for DenseOp {
+    type Kernel<'attr> = BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        if self.head {
+            "MambaHead"
+        } else {
+            "MambaEmbed"
+        }
+    }
+
+    fn execution_provider_type(&self) -> Option<&str> {
+        ep_name(self.ep)
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = OperatorInput> {
+        std::iter::repeat_with(|| OperatorInput::required(F32)).take(self.n_inputs())
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = OperatorOutput> {
+        [OperatorOutput::required(F32)]
+    }
+
+    fn infer_shape(&self, ctx: &mut ShapeInferenceContext) -> ort::Result<()> {
+        // [B, O]: the batch of x, the width of w
+        let ins = ctx.inputs();
+        let wi = if self.head { 3 } else { 1 };
+        if let (Some((x, xs)), Some((w, _))) = (
+            ins.first().and_then(tensor_parts),
+            ins.get(wi).and_then(tensor_parts),
+        ) {
+            let b = x.first().copied().unwrap_or(-1);
+            let bs = xs.first().cloned().unwrap_or_default();
+            let o = w.get(1).copied().unwrap_or(-1);
+            ctx.set_output(0, &f32_tensor(vec![b, o], vec![bs, String::new()]))?;
+        }
+        Ok(())
+    }
+
+    fn create_kernel<'attr>(&self, _: &KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        match self.ep {
+            Ep::Cpu => Ok(Box::new(DenseCpu { head: self.head })),
+            #[cfg(feature = "cuda")]
+            Ep::Cuda(id) => Ok(Box::new(cuda::CudaKernel::new(
+                id,
+                if self.head {
+                    cuda::Which::Head
+                } else {
+                    cuda::Which::Embed
+                },
+            )?)),
+        }
+    }
+}
+
+/// CPU kernel of `MambaEmbed` / `MambaHead`.
+struct DenseCpu {
+    head: bool,
+}
+
+impl Kernel for DenseCpu {
+    fn compute(&mut self, ctx: &ComputeContext) -> ort::Result<()> {
+        let c = DenseCall::gather(ctx, self.head)?;
+        let d = c.d;
+        let x = host_slice(&c.x, "x")?;
+        let w = host_slice(&c.w, "w")?;
+        let b = host_slice(&c.b, "b")?;
+        let norm = match &c.norm {
+            Some((nw, eps)) => Some(cpu::DenseNorm {
+                w: host_slice(nw, "norm_w")?,
+                eps: host_slice(eps, "eps")?[0],
+            }),
+            None => None,
+        };
+        let out = SendPtr::of(&host_out(ctx, 0, d.out())?);
+        for_rows(ctx, d.b, |r| {
+            // SAFETY: row r of the output, disjoint across rows.
+            let o = unsafe { out.row(r, d.o) };
+            cpu::dense_row(
+                &x[r * d.i..(r + 1) * d.i],
+                norm.as_ref(),
+                w,
+                b,
+                self.head,
+                o,
+            );
         })
     }
 }
