@@ -70,8 +70,8 @@ pub enum Kernels {
     Onnx,
     /// The fused graph (`*-fused.onnx`); an error if the package has none.
     Fused,
-    /// The layer step graph (`step-layer.onnx`: one `MambaLayer` op per layer); chunk graphs
-    /// use their fused graph. An error if the package has no layer graph.
+    /// The layer step graph (`step-layer.onnx`: one `MambaLayer` op per layer, the front end,
+    /// embedding and head one op each); chunk graphs use their fused graph. An error if the package has no layer graph.
     Layer,
 }
 

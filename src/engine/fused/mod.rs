@@ -327,22 +327,27 @@ impl LogMelDims {
                 "MambaLogMel: audio shape {audio:?}, expected [B, {HISTORY} + T*{HOP}]"
             )));
         }
-        if mel.len() != 2 || mel[0] != N_FFT / 2 + 1 || mel[1] == 0 {
-            return Err(err(format!(
-                "MambaLogMel: mel shape {mel:?}, expected [{}, M]",
-                N_FFT / 2 + 1
-            )));
-        }
         Ok(Self {
             b: audio[0],
             s: audio[1],
             t: (audio[1] - HISTORY) / HOP,
-            m: mel[1],
+            m: mel_bands("MambaLogMel", mel)?,
         })
     }
     /// `logmel`'s shape.
     pub fn out(&self) -> Vec<i64> {
         vec![self.b as i64, self.t as i64, self.m as i64]
+    }
+}
+
+/// The number of bands `M` of a filterbank input `mel [257, M]` of `op`.
+fn mel_bands(op: &str, mel: &[usize]) -> ort::Result<usize> {
+    match *mel {
+        [k, m] if k == N_FFT / 2 + 1 && m > 0 => Ok(m),
+        _ => Err(err(format!(
+            "{op}: mel shape {mel:?}, expected [{}, M]",
+            N_FFT / 2 + 1
+        ))),
     }
 }
 
@@ -364,9 +369,7 @@ impl LogMelStepDims {
             )));
         };
         expect("MambaLogMelStep audio", audio, &[b, HOP])?;
-        let m = LogMelDims::check(&[vec![b, WIN], mel.clone()])
-            .map_err(|e| err(e.to_string().replace("MambaLogMel:", "MambaLogMelStep:")))?
-            .m;
+        let m = mel_bands("MambaLogMelStep", mel)?;
         Ok(Self { b, m })
     }
     /// The same hop as a `MambaLogMel` call on the concatenated `[B, 400]` frame.
