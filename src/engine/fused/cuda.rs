@@ -366,6 +366,8 @@ fn launch_layer(
         )));
     }
     let q = |i: usize| p[i];
+    // the mix kernels' inputs: xz, conv_state, h, conv_w, conv_b, x_w, dt_w, dt_b, A, D
+    let mix_in = [17, 1, 2, 5, 6, 7, 8, 9, 10, 11].map(q);
     if fast_layer(d, m.sms) {
         launch(
             ctx,
@@ -384,24 +386,7 @@ fn launch_layer(
             (d.dm.div_ceil(OUT_COLS), d.b),
             LAYER_THREADS,
             0,
-            vec![
-                q(17),
-                q(1),
-                q(2),
-                q(5),
-                q(6),
-                q(7),
-                q(8),
-                q(9),
-                q(10),
-                q(11),
-                q(0),
-                q(12),
-                q(18),
-                q(15),
-                q(16),
-                q(14),
-            ],
+            [&mix_in[..], &[q(0), q(12), q(18), q(15), q(16), q(14)]].concat(),
             &[d.b, d.e, d.n, d.r, d.k, d.dm],
         );
     }
@@ -439,21 +424,7 @@ fn launch_layer(
         (d.b.div_ceil(rb_m), 1),
         t,
         mix_shared,
-        vec![
-            q(17),
-            q(1),
-            q(2),
-            q(5),
-            q(6),
-            q(7),
-            q(8),
-            q(9),
-            q(10),
-            q(11),
-            q(18),
-            q(15),
-            q(16),
-        ],
+        [&mix_in[..], &[q(18), q(15), q(16)]].concat(),
         &[d.b, d.e, d.n, d.r, d.k],
     )?;
     launch(

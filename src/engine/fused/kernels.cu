@@ -616,6 +616,17 @@ MIX_ENTRY(layer_mix4, 4)
 #define FAST_XW 48
 #define FAST_OW 32
 
+// sum_u in[i0 + u] * w[u] over u < NW, i0 + u < i1, in order (w: weights held in registers)
+template <int NW>
+__device__ __forceinline__ float dot_held(const float* in, int i0, int i1, const float (&w)[NW]) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int u = 0; u < NW; u++) {
+        if (i0 + u < i1) acc += in[i0 + u] * w[u];
+    }
+    return acc;
+}
+
 // grid (ceil(D / OUT_COLS), B), block 256
 extern "C" __global__ void __launch_bounds__(256) layer_mixout1(
     const float* __restrict__ xz, const float* __restrict__ conv0, const float* __restrict__ h0,
@@ -690,14 +701,7 @@ extern "C" __global__ void __launch_bounds__(256) layer_mixout1(
     }
     __syncthreads();
     // --- 3. x_proj: dbc = xc @ x_w
-    if (s < S) {
-        float acc = 0.0f;
-#pragma unroll
-        for (int u = 0; u < FAST_XW; u++) {
-            if (i0 + u < i1) acc += xc[i0 + u] * xw[u];
-        }
-        part[s * W + c] = acc;
-    }
+    if (s < S) part[s * W + c] = dot_held(xc, i0, i1, xw);
     __syncthreads();
     if (tid < W) {
         float v = 0.0f;
@@ -731,14 +735,7 @@ extern "C" __global__ void __launch_bounds__(256) layer_mixout1(
     }
     __syncthreads();
     // --- 5. out_proj columns + residual
-    {
-        float acc = 0.0f;
-#pragma unroll
-        for (int u = 0; u < FAST_OW; u++) {
-            if (o0 + u < o1) acc += ys[o0 + u] * ow[u];
-        }
-        part[os * OUT_COLS + oc] = acc;
-    }
+    part[os * OUT_COLS + oc] = dot_held(ys, o0, o1, ow);
     __syncthreads();
     if (tid < OUT_COLS && j < Dm) {
         float v = 0.0f;
@@ -783,11 +780,7 @@ extern "C" __global__ void __launch_bounds__(256) mamba_dense1(
         for (int i = lane; i < I; i += 32) du[i] = xr[i] * inv * norm_w[i];
     }
     __syncthreads();
-    float acc = 0.0f;
-#pragma unroll
-    for (int q = 0; q < FAST_IW; q++) {
-        if (i0 + q < i1) acc += du[i0 + q] * wr[q];
-    }
+    float acc = dot_held(du, i0, i1, wr);
     for (int i = i0 + FAST_IW; i < i1; i++) acc += du[i] * ((j < O) ? w[(long)i * O + j] : 0.0f);
     part[s * IN_COLS + c] = acc;
     __syncthreads();
