@@ -350,6 +350,113 @@ fn bad_inputs_fail_one_by_one_and_the_batch_goes_on() {
     assert_eq!(good_events, 2 * single);
 }
 
+/// An M4A cut short is `truncated`, whether its `moov` comes first (`+faststart`: symphonia
+/// reads the index, then fails on the first packet with "no atom pending read") or last (the cut
+/// takes the index with it: "not a supported audio file"). The uncut files, and valid ones whose
+/// last box has size 0 ("to the end of the file"), still tag.
+#[test]
+fn cut_m4a_files_are_truncated_and_whole_ones_tag() {
+    let d = tmpdir("cut-m4a");
+    let aac = ["-c:a", "aac", "-b:a", "128k"];
+    let plain = ffmpeg("whole-aac.m4a", &sine_wav(), &aac);
+    let fast = ffmpeg(
+        "whole-aac-faststart.m4a",
+        &sine_wav(),
+        &[&aac[..], &["-movflags", "+faststart"]].concat(),
+    );
+    let cut = |src: &Path, name: &str| {
+        let bytes = std::fs::read(src).unwrap();
+        let p = d.join(name);
+        std::fs::write(&p, &bytes[..bytes.len() * 6 / 10]).unwrap();
+        p
+    };
+    let cut_plain = cut(&plain, "cut.m4a");
+    let cut_fast = cut(&fast, "cut-faststart.m4a");
+    // The top-level boxes: (offset, type); ffmpeg puts `moov` second with +faststart, last without.
+    let boxes = |bytes: &[u8]| {
+        let mut v = Vec::new();
+        let mut pos = 0;
+        while pos + 8 <= bytes.len() {
+            let size = u32::from_be_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+            v.push((pos, bytes[pos + 4..pos + 8].to_vec()));
+            pos += if size == 0 { bytes.len() - pos } else { size };
+        }
+        v
+    };
+    let kinds = |p: &Path| -> Vec<Vec<u8>> {
+        boxes(&std::fs::read(p).unwrap())
+            .into_iter()
+            .map(|b| b.1)
+            .collect()
+    };
+    assert_eq!(kinds(&fast)[1], b"moov", "{:?}", kinds(&fast));
+    assert_eq!(
+        kinds(&plain).last().unwrap(),
+        b"moov",
+        "{:?}",
+        kinds(&plain)
+    );
+    // Valid files with a size-0 last box: the faststart file's `mdat`, and a `free` box appended.
+    let mut bytes = std::fs::read(&fast).unwrap();
+    let (mdat, _) = boxes(&bytes).into_iter().find(|b| b.1 == b"mdat").unwrap();
+    bytes[mdat..mdat + 4].copy_from_slice(&[0; 4]);
+    let mdat0 = d.join("mdat-size0.m4a");
+    std::fs::write(&mdat0, &bytes).unwrap();
+    let mut bytes = std::fs::read(&plain).unwrap();
+    bytes.extend_from_slice(b"\0\0\0\0free");
+    bytes.extend_from_slice(&[0; 100]);
+    let free0 = d.join("free-size0.m4a");
+    std::fs::write(&free0, &bytes).unwrap();
+
+    let whole = [&plain, &fast, &mdat0, &free0];
+    let mut single = Vec::new();
+    for p in whole {
+        let o = mambatag(&["tag", "--model", &tiny(), p.to_str().unwrap()]);
+        assert_no_panic(&o);
+        assert!(o.status.success(), "{}: {}", p.display(), stderr(&o));
+        assert!(!stdout(&o).is_empty(), "{}: no events", p.display());
+        single.push(stdout(&o).lines().count());
+    }
+    for p in [&cut_fast, &cut_plain] {
+        let o = mambatag(&["tag", "--model", &tiny(), p.to_str().unwrap()]);
+        assert_no_panic(&o);
+        assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+        let err = stderr(&o);
+        let line = err
+            .lines()
+            .find(|l| l.starts_with(&format!("mambatag: {}: ", p.display())))
+            .unwrap_or_else(|| panic!("no error line for {}:\n{err}", p.display()));
+        assert!(line.contains("truncated"), "{line}");
+        assert!(line.contains("'mdat'"), "{line}");
+    }
+    // On one command line the cut files fail and the whole ones around them are tagged.
+    let mut args = vec!["tag".to_string(), "--model".into(), tiny()];
+    for p in [&plain, &cut_fast, &fast, &cut_plain, &mdat0, &free0] {
+        args.push(p.display().to_string());
+    }
+    let o = Command::new(bin()).args(&args).output().unwrap();
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("2 of 6 inputs failed"), "{err}");
+    for p in [&cut_fast, &cut_plain] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("mambatag: {}: truncated", p.display()))),
+            "{}: {err}",
+            p.display()
+        );
+    }
+    let out = stdout(&o);
+    for (p, n) in whole.iter().zip(&single) {
+        let got = out
+            .lines()
+            .filter(|l| l.contains(&format!("\"file\":\"{}\"", p.display())))
+            .count();
+        assert_eq!(got, *n, "{}: events", p.display());
+    }
+}
+
 #[test]
 fn wrong_contract_model_and_missing_runtime_are_clear_errors() {
     let f = tiny_model().join("fixture.wav");

@@ -54,6 +54,10 @@ impl FileSource {
         if meta.len() == 0 {
             bail!("empty file (0 bytes)");
         }
+        // An MP4/M4A cut short: said as such here (symphonia's own errors do not say it).
+        if meta.is_file() {
+            super::mp4edit::check_complete(path, meta.len())?;
+        }
         let file = File::open(path).map_err(|e| anyhow!("cannot open: {e}"))?;
         let mss = MediaSourceStream::new(Box::new(file), Default::default());
         let mut hint = Hint::new();

@@ -8,10 +8,15 @@
 //! Only the common form is applied: one edit at normal rate, starting at or after the first
 //! frame. Empty edits (leading silence), several edits or other rates are left alone (the audio
 //! is decoded as stored) with a warning.
+//!
+//! The same walk over the top-level boxes finds a file cut short ([`check_complete`]): a box that
+//! declares more bytes than the file has left.
 
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
+
+use anyhow::{anyhow, bail, Result};
 
 /// Frames to drop at the start and how many to keep after that, at the track's sample rate
 /// (`keep` = `u64::MAX`: to the end).
@@ -85,37 +90,115 @@ fn apply(
     (skip > 0 || keep != u64::MAX).then_some(Trim { skip, keep })
 }
 
+/// One top-level box header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TopBox {
+    kind: [u8; 4],
+    /// header bytes: 8, or 16 with a 64-bit size
+    header: u64,
+    /// the whole box as declared (size 0, "to the end of the file", is the rest of the file)
+    size: u64,
+}
+
+/// What is at `pos` among the top-level boxes of a file of `len` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Top {
+    Box(TopBox),
+    /// A box with a 64-bit size whose header the end of the file cuts.
+    CutHeader([u8; 4]),
+    /// Fewer than 8 bytes left (symphonia ignores those too), or a size smaller than its
+    /// header: nothing more to walk.
+    End,
+}
+
+fn top_box(f: &mut File, pos: u64, len: u64) -> io::Result<Top> {
+    if len.saturating_sub(pos) < 8 {
+        return Ok(Top::End);
+    }
+    f.seek(SeekFrom::Start(pos))?;
+    let mut h = [0u8; 8];
+    f.read_exact(&mut h)?;
+    let kind: [u8; 4] = h[4..].try_into().expect("4 bytes");
+    let (size, header) = match u32::from_be_bytes(h[..4].try_into().expect("4 bytes")) {
+        0 => (len - pos, 8),
+        1 => {
+            if len - pos < 16 {
+                return Ok(Top::CutHeader(kind));
+            }
+            f.read_exact(&mut h)?;
+            (u64::from_be_bytes(h), 16)
+        }
+        s => (s as u64, 8),
+    };
+    Ok(if size < header {
+        Top::End
+    } else {
+        Top::Box(TopBox { kind, header, size })
+    })
+}
+
+/// For an MP4/M4A/MOV (a file of `len` bytes whose first box is `ftyp`; any other file passes):
+/// an error if the file is cut short, i.e. a top-level box declares more bytes than the file
+/// has left, or the audio (`mdat`) is there without the index (`moov`, which most writers add
+/// last). symphonia reports either as an unrelated error ("no atom pending read" on the first
+/// packet, "missing moov atom"), or not at all where the cut leaves whole packets.
+pub fn check_complete(path: &Path, len: u64) -> Result<()> {
+    let mut f = File::open(path).map_err(|e| anyhow!("cannot open: {e}"))?;
+    let io_err = |e: io::Error| anyhow!("cannot read: {e}");
+    let (mut pos, mut mdat, mut moov) = (0u64, false, false);
+    loop {
+        let b = match top_box(&mut f, pos, len).map_err(io_err)? {
+            Top::Box(b) => b,
+            Top::CutHeader(_) | Top::End if pos == 0 => return Ok(()),
+            Top::CutHeader(kind) => bail!(
+                "truncated: the file is {len} bytes and ends inside the header of its '{}' box \
+                 (at byte {pos})",
+                kind.escape_ascii()
+            ),
+            Top::End => break,
+        };
+        if pos == 0 && &b.kind != b"ftyp" {
+            return Ok(());
+        }
+        if b.size > len - pos {
+            bail!(
+                "truncated: the file is {len} bytes but its '{}' box at byte {pos} declares {} \
+                 bytes, up to byte {}",
+                b.kind.escape_ascii(),
+                b.size,
+                pos as u128 + b.size as u128
+            );
+        }
+        mdat |= &b.kind == b"mdat";
+        moov |= &b.kind == b"moov";
+        pos += b.size;
+    }
+    if mdat && !moov {
+        bail!(
+            "truncated: the file has its audio ('mdat' box) but no index ('moov' box, which the \
+             writer adds last)"
+        );
+    }
+    Ok(())
+}
+
 /// The top-level `moov` box's payload.
 fn read_moov(path: &Path) -> Option<Vec<u8>> {
     let mut f = File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
     let mut pos = 0u64;
-    while pos + 8 <= len {
-        f.seek(SeekFrom::Start(pos)).ok()?;
-        let mut h = [0u8; 16];
-        f.read_exact(&mut h[..8]).ok()?;
-        let mut size = u32::from_be_bytes(h[..4].try_into().ok()?) as u64;
-        let mut header = 8;
-        if size == 1 {
-            f.read_exact(&mut h[8..]).ok()?;
-            size = u64::from_be_bytes(h[8..].try_into().ok()?);
-            header = 16;
-        } else if size == 0 {
-            size = len - pos;
-        }
-        if size < header {
-            return None;
-        }
-        if &h[4..8] == b"moov" {
-            let body = size - header;
-            if body > MAX_MOOV || pos + size > len {
+    while let Top::Box(b) = top_box(&mut f, pos, len).ok()? {
+        if &b.kind == b"moov" {
+            let body = b.size - b.header;
+            if body > MAX_MOOV || b.size > len - pos {
                 return None;
             }
+            f.seek(SeekFrom::Start(pos + b.header)).ok()?;
             let mut v = vec![0u8; body as usize];
             f.read_exact(&mut v).ok()?;
             return Some(v);
         }
-        pos = pos.checked_add(size)?;
+        pos = pos.checked_add(b.size)?;
     }
     None
 }
@@ -247,6 +330,58 @@ mod tests {
         assert_eq!(apply(&[slow], 1000, 44100, 44100, p), None);
         assert_eq!(apply(&[], 1000, 44100, 44100, p), None);
         assert_eq!(apply(&[edit(2000, 0)], 0, 44100, 44100, p), None);
+    }
+
+    /// A box of `size` declared bytes holding `body` (which may be shorter: a cut file).
+    fn mp4_box(size: u32, kind: &[u8; 4], body: &[u8]) -> Vec<u8> {
+        let mut b = size.to_be_bytes().to_vec();
+        b.extend_from_slice(kind);
+        b.extend_from_slice(body);
+        b
+    }
+
+    fn check(name: &str, bytes: &[u8]) -> Result<()> {
+        let p = std::env::temp_dir().join(format!("mambatag-mp4-{}-{name}", std::process::id()));
+        std::fs::write(&p, bytes).unwrap();
+        let r = check_complete(&p, bytes.len() as u64);
+        std::fs::remove_file(&p).unwrap();
+        r
+    }
+
+    #[test]
+    fn cut_files_are_found_by_their_top_level_boxes() {
+        let ftyp = mp4_box(16, b"ftyp", b"M4A \0\0\0\0");
+        let moov = mp4_box(12, b"moov", b"abcd");
+        let whole = [ftyp.clone(), moov.clone(), mp4_box(20, b"mdat", &[7; 12])].concat();
+        assert!(check("whole", &whole).is_ok());
+        // Size 0: to the end of the file, whatever its length; trailing bytes too few for a
+        // header are ignored (as symphonia does).
+        let to_end = [ftyp.clone(), moov.clone(), mp4_box(0, b"mdat", &[7; 5])].concat();
+        assert!(check("to-end", &to_end).is_ok());
+        assert!(check("tail", &[&whole[..], &[0; 7]].concat()).is_ok());
+        // A 64-bit size.
+        let mut large = mp4_box(1, b"mdat", &28u64.to_be_bytes());
+        large.extend_from_slice(&[7; 12]);
+        assert!(check("large", &[&ftyp[..], &moov, &large].concat()).is_ok());
+
+        let e = check("cut", &whole[..whole.len() - 1]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "truncated: the file is 47 bytes but its 'mdat' box at byte 28 declares 20 bytes, \
+             up to byte 48"
+        );
+        let e = check("cut-large", &[&ftyp[..], &moov, &large[..12]].concat()).unwrap_err();
+        assert!(e
+            .to_string()
+            .contains("ends inside the header of its 'mdat' box"));
+        let e = check(
+            "no-moov",
+            &[&ftyp[..], &mp4_box(20, b"mdat", &[7; 12])].concat(),
+        );
+        assert!(e.unwrap_err().to_string().contains("no index ('moov' box"));
+        // Anything that does not start with `ftyp` is not checked here.
+        assert!(check("flac", &mp4_box(99, b"fLaC", b"")).is_ok());
+        assert!(check("short", b"RIFF").is_ok());
     }
 
     #[test]
