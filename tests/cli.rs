@@ -508,6 +508,46 @@ fn wrong_contract_model_and_missing_runtime_are_clear_errors() {
     );
 }
 
+/// A package put together with a symbolic link to weights elsewhere: ONNX Runtime refuses
+/// external data outside the graph's folder. The error names the link and says what to do; a
+/// link to the whole folder works.
+#[test]
+fn weights_linked_from_outside_the_package_are_a_clear_error() {
+    let f = tiny_model().join("fixture.wav");
+    let d = tmpdir("linked-weights");
+    let pkg = d.join("pkg");
+    std::fs::create_dir_all(&pkg).unwrap();
+    let default = repo().join("models/default");
+    for e in std::fs::read_dir(&default).unwrap().flatten() {
+        let name = e.file_name();
+        if name == "weights.bin" {
+            std::os::unix::fs::symlink(e.path(), pkg.join(&name)).unwrap();
+        } else {
+            std::fs::copy(e.path(), pkg.join(&name)).unwrap();
+        }
+    }
+    let o = mambatag(&["tag", "--model", pkg.to_str().unwrap(), f.to_str().unwrap()]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("weights.bin is a symbolic link to")
+            && e.contains("outside the model's folder")
+            && e.contains("copy the file into the folder"),
+        "{e}"
+    );
+
+    let linked = d.join("linked-folder");
+    std::os::unix::fs::symlink(&default, &linked).unwrap();
+    let o = mambatag(&[
+        "tag",
+        "--model",
+        linked.to_str().unwrap(),
+        f.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
 #[test]
 fn thresholds_change_events() {
     let f = tiny_model().join("fixture.wav");

@@ -907,10 +907,44 @@ fn build_session(
     // "domain is already exist": create sessions one at a time.
     static SESSION_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = SESSION_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-    let session = builder
-        .commit_from_file(path)
-        .with_context(|| format!("{}: cannot load model", path.display()))?;
+    let session = builder.commit_from_file(path).map_err(|e| {
+        let hint = linked_out_hint(path, &e.to_string());
+        anyhow::Error::from(e).context(format!("{}: cannot load model{hint}", path.display()))
+    })?;
     Ok((session, device))
+}
+
+/// ONNX Runtime refuses external data (the package's `weights.bin`) that resolves outside the
+/// graph's folder, e.g. a package assembled with a symbolic link to the weights elsewhere; its
+/// message names neither the link nor the fix. For that error, the link and what to do.
+fn linked_out_hint(graph: &Path, ort_message: &str) -> String {
+    if !ort_message.contains("escapes model directory") {
+        return String::new();
+    }
+    let dir = graph.parent().unwrap_or(Path::new("."));
+    let canon_dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let linked_out = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find_map(|e| {
+            let is_link = e.file_type().is_ok_and(|t| t.is_symlink());
+            let target = std::fs::canonicalize(e.path()).ok()?;
+            (is_link && target.parent() != Some(canon_dir.as_path()))
+                .then_some((e.file_name(), target))
+        });
+    match linked_out {
+        Some((name, target)) => format!(
+            " ({} is a symbolic link to {}, outside the model's folder, and ONNX Runtime reads \
+             external weights only from inside it: copy the file into the folder, or link the \
+             whole folder instead)",
+            name.to_string_lossy(),
+            target.display()
+        ),
+        None => " (an external-data file of this graph resolves outside the model's folder, \
+                 which ONNX Runtime refuses: copy it into the folder)"
+            .to_string(),
+    }
 }
 
 #[cfg(feature = "cuda")]
