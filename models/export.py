@@ -70,6 +70,7 @@ BATCH = "B"
 # models/fused_ops.py in numpy)
 FUSED_DOMAIN = "ai.mambatag"
 FUSED_VERSION = 1
+MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib ops (the fused chunk graph's skip norms)
 
 
 # --------------------------------------------------------------------------- graph building
@@ -140,6 +141,8 @@ class GraphBuilder:
         opsets = [helper.make_opsetid("", OPSET)]
         if any(n.domain == FUSED_DOMAIN for n in self.nodes):
             opsets.append(helper.make_opsetid(FUSED_DOMAIN, FUSED_VERSION))
+        if any(n.domain == MS_DOMAIN for n in self.nodes):
+            opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
         m = helper.make_model(g, opset_imports=opsets,
                               producer_name="mambatag.models.export", producer_version=CONTRACT_VERSION)
         m.ir_version = IR_VERSION
@@ -168,6 +171,16 @@ class GraphBuilder:
         t = self.op("Exp", [self.op("Neg", [ax], base + "_neg")], base + "_exp")
         t = self.op("Log", [self.op("Add", [t, one], base + "_1p")], base + "_log")
         return self.op("Add", [self.op("Relu", [x], base + "_relu"), t], base)
+
+    def skip_rmsnorm(self, o: str, x: str, weight: np.ndarray, base: str, want_sum: bool = True):
+        """``x + o`` and its RMSNorm in one node (ONNX Runtime's contrib
+        SkipSimplifiedLayerNormalization, CPU and CUDA): returns ``(norm, x + o)`` (the sum
+        ``None`` unless ``want_sum``). The chunk graph's residual add + the next RMSNorm, one pass
+        over the stream instead of two."""
+        outs = [self.name(base), "", "", self.name(base + "_resid") if want_sum else ""]
+        self.op("SkipSimplifiedLayerNormalization", [o, x, self.const(base + "_w", weight)], base,
+                outputs=outs, domain=MS_DOMAIN, epsilon=RMS_EPS)
+        return outs[0], (outs[3] or None)
 
     def rmsnorm(self, x: str, weight: np.ndarray, base: str) -> str:
         """RMSNorm over the last axis in the pattern ORT fuses to SimplifiedLayerNormalization."""
@@ -374,14 +387,21 @@ def ssm_step(g: GraphBuilder, xc: str, dt: str, Bm: str, Cm: str, h: str, P: dic
     return y, h2
 
 
-def fused_layer(g: GraphBuilder, x: str, conv_state: str, h0: str, P: dict, pre: str) -> tuple[str, str, str]:
+def fused_layer(g: GraphBuilder, x: str, conv_state: str, h0: str, P: dict, pre: str,
+                pending: str | None = None, defer: bool = False):
     """One residual Mamba block with the fused ops (any ``T``): ``x [B, T, D]`` -> ``(x', conv', h')``.
 
     RMSNorm, ``in_proj`` (one MatMul to ``xz [B, T, 2E]``), ``MambaConv`` (reads x = channels
     ``[0, E)``), ``x_proj`` (one MatMul to ``dbc [B, T, R + 2N]``), ``MambaSsm`` (dt_proj, softplus,
     scan, D skip, SiLU(z) gate), ``out_proj`` and the residual add: 7 nodes instead of ~36.
+    ``defer`` (the chunk graph): the residual add is left to the next norm, which adds
+    ``pending`` (the previous block's out_proj) to ``x`` and normalises in one node
+    (:meth:`GraphBuilder.skip_rmsnorm`); returns ``(x, out_proj, conv', h')`` then.
     """
-    u = g.rmsnorm(x, P["norm"], pre + "norm")
+    if pending is None:
+        u = g.rmsnorm(x, P["norm"], pre + "norm")
+    else:
+        u, x = g.skip_rmsnorm(pending, x, P["norm"], pre + "norm")
     xz = g.op("MatMul", [u, g.const(pre + "in_w", np.concatenate([P["in_x"], P["in_z"]], 1))], pre + "in_xz")
     xc, conv_next = g.op("MambaConv", [xz, conv_state, g.const(pre + "conv_w", P["conv_w"]),
                                       g.const(pre + "conv_b", P["conv_b"])], pre + "conv", n_out=2,
@@ -391,8 +411,10 @@ def fused_layer(g: GraphBuilder, x: str, conv_state: str, h0: str, P: dict, pre:
     y, h = g.op("MambaSsm", [xc, xz, dbc, g.const(pre + "dt_w", P["dt_w"]), g.const(pre + "dt_bias", P["dt_b"]),
                              g.const(pre + "A", P["A"]), g.const(pre + "D", P["D"]), h0], pre + "ssm", n_out=2,
                 domain=FUSED_DOMAIN)
-    x = g.op("Add", [x, g.op("MatMul", [y, g.const(pre + "out_w", P["out"])], pre + "out")], pre + "resid")
-    return x, conv_next, h
+    out = g.op("MatMul", [y, g.const(pre + "out_w", P["out"])], pre + "out")
+    if defer:
+        return x, out, conv_next, h
+    return g.op("Add", [x, out], pre + "resid"), conv_next, h
 
 
 def layer_op(g: GraphBuilder, x: str, conv_state: str, h0: str, P: dict, pre: str) -> tuple[str, str, str]:
@@ -410,14 +432,21 @@ def layer_op(g: GraphBuilder, x: str, conv_state: str, h0: str, P: dict, pre: st
 
 
 def mamba_layers(g: GraphBuilder, x: str, states: dict, nexts: dict, weights: dict, c, fused,
-                 conv_fn, scan_fn) -> str:
+                 conv_fn, scan_fn, skip_norm: bool = False):
     """All residual Mamba blocks of a graph: :func:`fused_layer` each (``fused`` true),
     :func:`layer_op` each (``fused == "layer"``), or the standard ops with
     ``conv_fn`` (:func:`conv_step` / :func:`conv_chunk`) and ``scan_fn(g, xc, dt, B, C, h0, P,
-    pre) -> (y, h')``. Puts the next states into ``nexts``; returns the new residual stream."""
+    pre) -> (y, h')``. Puts the next states into ``nexts``; returns the new residual stream.
+    ``skip_norm`` (fused chunk graph): each residual add is fused into the next norm and the
+    last one into the head's, so this returns ``(x, out_proj)`` with the last add pending."""
+    pending = None
     for i in range(c.n_layers):
         pre, P = f"l{i}_", layer_params(weights, c, i)
         conv, ssm = f"state.layer{i}.conv", f"state.layer{i}.ssm"
+        if fused and skip_norm:
+            x, pending, nexts[conv], nexts[ssm] = fused_layer(g, x, states[conv], states[ssm], P, pre,
+                                                              pending=pending, defer=True)
+            continue
         if fused:
             one = layer_op if fused == "layer" else fused_layer
             x, nexts[conv], nexts[ssm] = one(g, x, states[conv], states[ssm], P, pre)
@@ -427,12 +456,17 @@ def mamba_layers(g: GraphBuilder, x: str, states: dict, nexts: dict, weights: di
         dt, Bm, Cm = ssm_inputs(g, xc, P, pre)
         y, nexts[ssm] = scan_fn(g, xc, dt, Bm, Cm, states[ssm], P, pre)
         x = block_output(g, x, y, xc, z, P, pre)
-    return x
+    return (x, pending) if skip_norm and fused else x
 
 
-def head(g: GraphBuilder, x: str, weights: dict) -> str:
-    """norm_f + head + sigmoid: ``x [..., D]`` -> probabilities ``[..., C]``."""
-    u = g.rmsnorm(x, np.asarray(weights["norm_f.weight"], np.float64), "norm_f")
+def head(g: GraphBuilder, x: str, weights: dict, pending: str | None = None) -> str:
+    """norm_f + head + sigmoid: ``x [..., D]`` -> probabilities ``[..., C]`` (``pending``: the
+    last block's out_proj, added to ``x`` by the norm, :meth:`GraphBuilder.skip_rmsnorm`)."""
+    norm_w = np.asarray(weights["norm_f.weight"], np.float64)
+    if pending is None:
+        u = g.rmsnorm(x, norm_w, "norm_f")
+    else:
+        u, _ = g.skip_rmsnorm(pending, x, norm_w, "norm_f", want_sum=False)
     logits = g.matmul_add(u, g.const("head_w", np.asarray(weights["head.weight"], np.float64).T),
                           g.const("head_b", weights["head.bias"]), "logits")
     return g.op("Sigmoid", [logits], "probs")
@@ -653,7 +687,7 @@ def scan_chunked(g: GraphBuilder, xc: str, dt: str, Bm: str, Cm: str, h0: str, P
 # Scan with 4 or 8 steps unrolled per iteration (30-31 / 27-31), decays and inputs precomputed as
 # [B, T, N, E] tensors outside the Scan (41-52 / 42-52), 8 lanes of T/8 frames with a two-pass
 # carry (34 / 38-43).
-CHUNK_OPTIONS = {"scan": "scan", "sub_chunk": 16}
+CHUNK_OPTIONS = {"scan": "scan", "sub_chunk": 16, "skip_norm": True}
 CHUNK_FRAMES = 250  # preferred T written to mambatag.chunk_frames (see models/README.md)
 
 
@@ -686,9 +720,13 @@ def build_chunk_graph(weights: dict, config, metadata: dict[str, str], frontend_
                 return scan_chunked(*args, int(opt["sub_chunk"]))
         else:
             raise ValueError(f"unknown chunk scan {opt['scan']!r} (scan or chunked)")
-    x = mamba_layers(g, x, states, nexts, weights, c, fused, conv_chunk, scan)
+    pending = None
+    if fused and opt["skip_norm"]:
+        x, pending = mamba_layers(g, x, states, nexts, weights, c, fused, conv_chunk, scan, skip_norm=True)
+    else:
+        x = mamba_layers(g, x, states, nexts, weights, c, fused, conv_chunk, scan)
 
-    g.output("scores", [BATCH, "T", c.n_classes], head(g, x, weights))
+    g.output("scores", [BATCH, "T", c.n_classes], head(g, x, weights, pending))
     for k, v in shapes.items():
         g.output(k + ".next", [BATCH] + v, nexts[k])
     return g.model("mambatag_chunk", metadata)

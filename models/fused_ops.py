@@ -163,6 +163,21 @@ class MambaLogMelStep(OpRun):
         return mamba_logmel_step(history, audio, mel)
 
 
+class SkipSimplifiedLayerNormalization(OpRun):
+    """ONNX Runtime's contrib op (domain ``com.microsoft``), as the fused chunk graph uses it:
+    ``(input, skip, gamma)`` -> ``(RMSNorm(input + skip) · gamma, mean, inv_std, input + skip)``
+    (mean and inv_std are not used and come out empty)."""
+
+    op_domain = "com.microsoft"
+
+    def _run(self, x, skip, gamma, epsilon=None):
+        s = np.asarray(x, np.float32) + np.asarray(skip, np.float32)  # the float32 sum ORT gives
+        d = s.astype(np.float64)
+        u = d / np.sqrt(np.mean(d * d, axis=-1, keepdims=True) + epsilon) * np.asarray(gamma, np.float64)
+        empty = np.zeros(0, np.float32)
+        return u.astype(np.float32), empty, empty, s
+
+
 class MambaEmbed(OpRun):
     op_domain = DOMAIN
 
@@ -189,7 +204,8 @@ class FusedRunner:
         # external data (weights.bin) is resolved against the graph's folder
         self.model = onnx.load(str(path), load_external_data=True)
         self.ev = ReferenceEvaluator(self.model, new_ops=[MambaConv, MambaSsm, MambaLogMel, MambaLayer,
-                                                           MambaLogMelStep, MambaEmbed, MambaHead])
+                                                           MambaLogMelStep, MambaEmbed, MambaHead,
+                                                           SkipSimplifiedLayerNormalization])
         self.output_names = [o.name for o in self.model.graph.output]
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

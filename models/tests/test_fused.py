@@ -46,6 +46,22 @@ def test_fused_chunk_matches_reference(which, tiny_model, big_model):
     assert err < 1e-4, err
 
 
+def test_fused_chunk_adds_each_residual_in_the_next_norm(tiny_model):
+    """chunk-fused.onnx: every residual add after a block is fused with the RMSNorm that follows
+    (the next block's or the head's): one SkipSimplifiedLayerNormalization per layer, only the
+    first block's norm plain, no residual Add left; ONNX Runtime itself runs the graph's
+    standard and contrib nodes (checked against the reference above through the numpy runner)."""
+    step_path, _, c = tiny_model
+    m = onnx.load(str(step_path.parent / "chunk-fused.onnx"), load_external_data=False)
+    ops = [n.op_type for n in m.graph.node]
+    skip = [n for n in m.graph.node if n.op_type == "SkipSimplifiedLayerNormalization"]
+    assert len(skip) == c.n_layers and all(n.domain == "com.microsoft" for n in skip)
+    assert ops.count("ReduceMean") == 1  # layer 0's plain RMSNorm
+    assert skip[-1].output[3] == ""  # the head's norm needs no sum
+    assert ops.count("Add") == 3  # the embedding's and the head's biases, layer 0's norm epsilon
+    assert {o.domain for o in m.opset_import} >= {"", "ai.mambatag", "com.microsoft"}
+
+
 def test_ops_match_the_standard_step_arithmetic():
     """One hop of the ops against the formulas the standard step graph spells out op by op."""
     rng = np.random.default_rng(3)
