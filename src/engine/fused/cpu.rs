@@ -864,6 +864,15 @@ fn vecmat_any(x: &[f32], w: &[f32], out: &mut [f32]) {
     vecmat_at(Simd::current(), x, w, out)
 }
 
+/// `u = x / sqrt(mean(x²) + eps) · w` (the layers' and the head's RMSNorm).
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, u: &mut [f32]) {
+    let ss: f32 = x.iter().map(|v| v * v).sum();
+    let inv = 1.0 / (ss / x.len() as f32 + eps).sqrt();
+    for ((u, &xv), &nw) in u.iter_mut().zip(x).zip(w) {
+        *u = xv * inv * nw;
+    }
+}
+
 /// One batch row of `MambaLayer`: `x [D]`, `conv0 [K-1, E]`, `h0 [N, E]` -> `out`.
 pub fn layer_row(
     d: &LayerDims,
@@ -877,11 +886,7 @@ pub fn layer_row(
         s.u.resize(d.dm, 0.0);
         s.xc.resize(d.e, 0.0);
         s.dbc.resize(d.r + 2 * d.n, 0.0);
-        let ss: f32 = x.iter().map(|v| v * v).sum();
-        let inv = 1.0 / (ss / d.dm as f32 + w.eps).sqrt();
-        for ((u, &xv), &nw) in s.u.iter_mut().zip(x).zip(w.norm_w) {
-            *u = xv * inv * nw;
-        }
+        rms_norm(x, w.norm_w, w.eps, &mut s.u);
         vecmat_any(&s.u, w.in_w, out.xz);
         conv_row(&d.conv(), out.xz, conv0, &w.conv, &mut s.xc, out.conv);
         vecmat_any(&s.xc, w.x_w, &mut s.dbc);
@@ -920,11 +925,7 @@ pub fn dense_row(
     };
     DENSE_SCRATCH.with_borrow_mut(|u| {
         u.resize(x.len(), 0.0);
-        let ss: f32 = x.iter().map(|v| v * v).sum();
-        let inv = 1.0 / (ss / x.len() as f32 + nm.eps).sqrt();
-        for ((u, &xv), &nw) in u.iter_mut().zip(x).zip(nm.w) {
-            *u = xv * inv * nw;
-        }
+        rms_norm(x, nm.w, nm.eps, u);
         vecmat_any(u, w, out);
     });
     finish_dense(b, sigmoid, out)
