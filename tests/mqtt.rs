@@ -284,13 +284,24 @@ fn a_late_broker_a_dead_daemon_and_a_moved_topic() {
     );
     assert_eq!(get_json(&d.url("/status"))["mqtt"]["connected"], true);
 
-    // SIGHUP with another topic: the old prefix goes offline, the new one online.
+    // SIGHUP with another topic and one more source: the old prefix goes offline, the new one
+    // online, with the states of the sources of the new configuration.
     let sub = Sub::start(port);
-    std::fs::write(&d.config, config(port, "house")).unwrap();
+    let hall = dir.join("hall.raw");
+    std::fs::write(&hall, b"").unwrap();
+    let more = format!(
+        "{}\n[[source]]\nname = \"hall\"\nkind = \"follow\"\npath = \"{}\"\nrate = 16000\n",
+        config(port, "house"),
+        hall.display()
+    );
+    std::fs::write(&d.config, more).unwrap();
     signal(d.pid(), "HUP");
     sub.wait("old prefix offline", |l| l == "0 mambatag/status offline");
     sub.wait("new prefix online", |l| l == "0 house/status online");
     sub.wait("new states", |l| l == "0 house/in/state/speech OFF");
+    sub.wait("the added source's states", |l| {
+        l == "0 house/hall/state/speech OFF"
+    });
 
     // Killed without a chance to say goodbye: the broker publishes the last will.
     let _stdin = d.stdin();

@@ -172,7 +172,7 @@ impl Daemon {
         };
         // Subscribed before any source starts, so the broker misses no event.
         if let Some(m) = d.loaded.config.sinks.mqtt.clone() {
-            match d.start_mqtt(m.into_inner()) {
+            match d.start_mqtt(m.into_inner(), &d.loaded) {
                 Ok(s) => d.mqtt = Some(s),
                 Err(e) => {
                     d.shutdown_inner();
@@ -232,11 +232,13 @@ impl Daemon {
         }
     }
 
-    fn start_mqtt(&self, cfg: config::MqttConfig) -> Result<mqtt::MqttSink> {
+    /// The MQTT sink for `loaded`'s sources (on a reload, the configuration being applied, not
+    /// the one it replaces).
+    fn start_mqtt(&self, cfg: config::MqttConfig, loaded: &Loaded) -> Result<mqtt::MqttSink> {
         mqtt::MqttSink::start(
             cfg,
             self.bus.subscribe(),
-            self.topology(&self.loaded),
+            self.topology(loaded),
             self.stats.mqtt.clone(),
         )
     }
@@ -423,7 +425,7 @@ impl Daemon {
             }
             self.stats.mqtt.configured.store(false, Ordering::Relaxed);
             if let Some(m) = want_mqtt {
-                self.mqtt = Some(self.start_mqtt(m)?);
+                self.mqtt = Some(self.start_mqtt(m, &new)?);
             }
         } else if let Some(m) = &self.mqtt {
             m.set_topology(self.topology(&new));
