@@ -139,7 +139,7 @@ pub enum Which {
 }
 
 /// The kernels of `kernels.cu`, in [`ENTRY_POINTS`] order.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Entry {
     Conv,
     Ssm,
@@ -162,9 +162,11 @@ enum Entry {
     Dense1,
     /// `MambaLogMelStep`: `mamba_logmel` reading the history and the hop from two tensors.
     LogMelStep,
+    /// `layer_mixout1`'s mix alone, one row per block (the three-launch path's middle batches).
+    MixH1,
 }
 
-const ENTRY_POINTS: [&std::ffi::CStr; 14] = [
+const ENTRY_POINTS: [&std::ffi::CStr; 15] = [
     c"mamba_conv",
     c"mamba_ssm",
     c"mamba_logmel",
@@ -179,6 +181,7 @@ const ENTRY_POINTS: [&std::ffi::CStr; 14] = [
     c"layer_mixout1",
     c"mamba_dense1",
     c"mamba_logmel_step",
+    c"layer_mixh1",
 ];
 
 /// Hops per shared-memory group of `mamba_ssm` (kernels.cu's `SSM_HOPS`).
@@ -334,6 +337,11 @@ fn fast_layer(d: &LayerDims, sms: usize) -> bool {
     if *OFF.get_or_init(|| std::env::var_os("MAMBATAG_LAYER_FAST").is_some_and(|v| v == "0")) {
         return false;
     }
+    fast_shapes(d) && d.dm.div_ceil(OUT_COLS) * d.b <= sms
+}
+
+/// Whether the layer's shapes fit the register arrays of `layer_mixout1` and `layer_mixh1`.
+fn fast_shapes(d: &LayerDims) -> bool {
     let w = d.r + 2 * d.n;
     let per_x = |w: usize| d.e.div_ceil((LAYER_THREADS as usize / w).max(1));
     (1..=4).contains(&d.k)
@@ -342,7 +350,24 @@ fn fast_layer(d: &LayerDims, sms: usize) -> bool {
         && w <= LAYER_THREADS as usize
         && per_x(w) <= 48
         && d.dm <= 128
-        && d.dm.div_ceil(OUT_COLS) * d.b <= sms
+}
+
+/// The mix kernel of the three-launch path: `layer_mixh1` (one row per block, every load
+/// issued first) up to 4 rows per SM for shapes that fit it, else `layer_mix1` (one row per
+/// block) while the batch fits the SMs and `layer_mix4` (4 rows per block) above. H100,
+/// 2026-12-07: `layer_mixh1` made the step 16 % faster at 64 streams and 25 % at 256, and 10 %
+/// slower than `layer_mix4` at 1,024. `MAMBATAG_LAYER_MIXH=0` turns it off (A/B timing only).
+fn mix_entry(d: &LayerDims, sms: usize) -> Entry {
+    static OFF: OnceLock<bool> = OnceLock::new();
+    let off =
+        *OFF.get_or_init(|| std::env::var_os("MAMBATAG_LAYER_MIXH").is_some_and(|v| v == "0"));
+    if !off && fast_shapes(d) && d.b <= 4 * sms {
+        Entry::MixH1
+    } else if d.b <= sms {
+        Entry::Mix1
+    } else {
+        Entry::Mix4
+    }
 }
 
 /// Launches the kernels of `MambaLayer` (see kernels.cu): two (`mamba_dense1`,
@@ -391,11 +416,15 @@ fn launch_layer(
         );
     }
     let small = d.b <= m.sms;
-    let (rb_p, rb_m) = if small { (1, 1) } else { (8, 4) };
-    let (fin, fmix, fout) = if small {
-        (Entry::In1, Entry::Mix1, Entry::Out1)
+    let fmix = mix_entry(d, m.sms);
+    let (rb_p, rb_m) = (
+        if small { 1 } else { 8 },
+        if fmix == Entry::Mix4 { 4 } else { 1 },
+    );
+    let (fin, fout) = if small {
+        (Entry::In1, Entry::Out1)
     } else {
-        (Entry::In8, Entry::Mix4, Entry::Out8)
+        (Entry::In8, Entry::Out8)
     };
     let t = LAYER_THREADS;
     let mix_shared = 4 * (rb_m * (d.e + w) + t as usize * rb_m);
@@ -417,16 +446,29 @@ fn launch_layer(
         vec![q(0), q(3), q(4), q(13), q(17)],
         &[d.b, d.dm, 2 * d.e],
     )?;
-    launch(
-        ctx,
-        m,
-        fmix,
-        (d.b.div_ceil(rb_m), 1),
-        t,
-        mix_shared,
-        [&mix_in[..], &[q(18), q(15), q(16)]].concat(),
-        &[d.b, d.e, d.n, d.r, d.k],
-    )?;
+    if fmix == Entry::MixH1 {
+        launch(
+            ctx,
+            m,
+            Entry::MixH1,
+            (1, d.b),
+            t,
+            0,
+            [&mix_in[..], &[q(0), q(12), q(18), q(15), q(16), q(14)]].concat(),
+            &[d.b, d.e, d.n, d.r, d.k, d.dm],
+        )?;
+    } else {
+        launch(
+            ctx,
+            m,
+            fmix,
+            (d.b.div_ceil(rb_m), 1),
+            t,
+            mix_shared,
+            [&mix_in[..], &[q(18), q(15), q(16)]].concat(),
+            &[d.b, d.e, d.n, d.r, d.k],
+        )?;
+    }
     launch(
         ctx,
         m,
@@ -818,12 +860,34 @@ impl Drop for Stream {
 
 #[cfg(test)]
 mod tests {
-    use super::{fast_layer, logmel_split, ssm_shared_bytes, LayerDims, SHARED_LIMIT};
+    use super::{
+        fast_layer, logmel_split, mix_entry, ssm_shared_bytes, Entry, LayerDims, SHARED_LIMIT,
+    };
 
     /// The two-launch layer path is taken exactly where its kernels' register arrays hold the
     /// shapes and a row's blocks fit the SMs in one wave; everything else keeps the three
     /// launches (both run in the GPU suite, tests/gpu.rs, which grows batches through the
     /// switch point).
+    #[test]
+    fn three_launch_path_mixes_with_mixh1_up_to_4_rows_per_sm() {
+        let d = |b, r| LayerDims {
+            b,
+            dm: 128,
+            e: 256,
+            n: 16,
+            r,
+            k: 4,
+        };
+        for b in [34, 132, 133, 528] {
+            assert_eq!(mix_entry(&d(b, 8), 132), Entry::MixH1, "{b} rows");
+        }
+        assert_eq!(mix_entry(&d(529, 8), 132), Entry::Mix4);
+        // a shape past mixh1's register arrays (dt_rank 17): one row per block while the batch
+        // fits the SMs, then 4
+        assert_eq!(mix_entry(&d(132, 17), 132), Entry::Mix1);
+        assert_eq!(mix_entry(&d(133, 17), 132), Entry::Mix4);
+    }
+
     #[test]
     fn fast_layer_path_takes_small_batches_of_shapes_that_fit() {
         let default = |b| LayerDims {

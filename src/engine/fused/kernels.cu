@@ -722,7 +722,10 @@ __device__ __forceinline__ float dot_held(const float* in, int i0, int i1, const
 }
 
 // grid (ceil(D / OUT_COLS), B), block 256
-extern "C" __global__ void __launch_bounds__(256) layer_mixout1(
+// OUT = false (`layer_mixh1`, grid (1, B)): the mix alone, for the three-launch path's middle
+// batches (layer_out_rows follows); its loads are issued first as well.
+template <bool OUT>
+__device__ __forceinline__ void mixout_row(
     const float* __restrict__ xz, const float* __restrict__ conv0, const float* __restrict__ h0,
     const float* __restrict__ conv_w, const float* __restrict__ conv_b, const float* __restrict__ x_w,
     const float* __restrict__ dt_w, const float* __restrict__ dt_b, const float* __restrict__ A,
@@ -776,8 +779,8 @@ extern "C" __global__ void __launch_bounds__(256) layer_mixout1(
     const int oper = (E + 7) / 8, o0 = os * oper, o1 = min(E, o0 + oper);
     float ow[FAST_OW];
 #pragma unroll
-    for (int u = 0; u < FAST_OW; u++) ow[u] = (j < Dm && o0 + u < o1) ? out_w[(long)(o0 + u) * Dm + j] : 0.0f;
-    const float xres = (tid < OUT_COLS && j < Dm) ? x[b * Dm + j] : 0.0f;
+    for (int u = 0; u < FAST_OW; u++) ow[u] = (OUT && j < Dm && o0 + u < o1) ? out_w[(long)(o0 + u) * Dm + j] : 0.0f;
+    const float xres = (OUT && tid < OUT_COLS && j < Dm) ? x[b * Dm + j] : 0.0f;
     // --- 2. conv + SiLU
     if (ch) {
         float acc = 0.0f;
@@ -824,9 +827,10 @@ extern "C" __global__ void __launch_bounds__(256) layer_mixout1(
             }
         }
         const float yv = (y + xe * dsk) * (z * sigmoidf_(z));
-        ys[e] = yv;
+        if (OUT) ys[e] = yv;
         if (lead) y_out[b * E + e] = yv;
     }
+    if (!OUT) return;
     __syncthreads();
     // --- 5. out_proj columns + residual
     part[os * OUT_COLS + oc] = dot_held(ys, o0, o1, ow);
@@ -838,6 +842,19 @@ extern "C" __global__ void __launch_bounds__(256) layer_mixout1(
         x_out[b * Dm + j] = xres + v;
     }
 }
+#define MIXOUT_ENTRY(NAME, OUT)                                                                   \
+    extern "C" __global__ void __launch_bounds__(256) NAME(                                          \
+        const float* __restrict__ xz, const float* __restrict__ conv0, const float* __restrict__ h0,  \
+        const float* __restrict__ conv_w, const float* __restrict__ conv_b,                          \
+        const float* __restrict__ x_w, const float* __restrict__ dt_w, const float* __restrict__ dt_b, \
+        const float* __restrict__ A, const float* __restrict__ Dskip, const float* __restrict__ x,    \
+        const float* __restrict__ out_w, float* __restrict__ y_out, float* __restrict__ conv1,        \
+        float* __restrict__ h1, float* __restrict__ x_out, int B, int E, int N, int R, int K, int Dm) { \
+        mixout_row<OUT>(xz, conv0, h0, conv_w, conv_b, x_w, dt_w, dt_b, A, Dskip, x, out_w, y_out,    \
+                        conv1, h1, x_out, B, E, N, R, K, Dm);                                         \
+    }
+MIXOUT_ENTRY(layer_mixout1, true)
+MIXOUT_ENTRY(layer_mixh1, false)
 
 // One row of a small dense layer per block row, with the same up-front loads: `out = act(u @ w +
 // b)` for `u = x` or `u = RMSNorm(x) · norm_w` (norm_w not null); act = sigmoid when `sig`, b may
