@@ -36,5 +36,5 @@ cli_parity() {
 # the model's chunk length and TF32 at T = 1000 -> $OUT/chunk_fp32.txt, $OUT/chunk_tf32.txt
 chunk_benches() {
   timeout 60 $B/mambatag bench --device cuda --model $M --streams 1 --steps 400 --chunk-streams 1,1024,4096 > $OUT/chunk_fp32.txt 2>&1
-  timeout 90 $B/mambatag bench --device cuda --tf32 --model $M --streams 1 --steps 400 --chunk-streams 1024,4096,8192 --chunk-frames 1000 > $OUT/chunk_tf32.txt 2>&1
+  timeout 90 $B/mambatag bench --device cuda --tf32 --model $M --streams 1 --steps 400 --chunk-streams ${TF32_LANES:-1024,4096,8192} --chunk-frames 1000 > $OUT/chunk_tf32.txt 2>&1
 }

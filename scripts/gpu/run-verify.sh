@@ -8,7 +8,7 @@
 set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
-S=1,16,64,256,1024,4096,10240,16384
+S=${STREAMS:-1,16,64,256,1024,4096,10240,16384}
 gpu_tests layer fused
 cli_parity "step_auto:--engine step --cuda-graph" "step_fused:--engine step --kernels fused" "chunk:" "chunk_tf32:--tf32"
 [ "${QUICK:-0}" = 1 ] && { tail -n 12 $OUT/gpu_tests_*.txt $OUT/cli_parity.txt; exit 0; }
