@@ -725,6 +725,64 @@ fn bench_refuses_zero_counts() {
     assert_eq!(streams, vec![1, 4, 16], "{j}");
 }
 
+/// A batch too large for the memory is reported by size, and the other sizes are still measured
+/// and printed; the exit status is 1. (It used to end the whole run with ONNX Runtime's bare
+/// "std::bad_alloc" and no table; on a GPU, 8,192 x 1,000 chunk lanes past an H100's memory lost
+/// the 1,024- and 4,096-lane rows the same way.) 10^11 streams need more bytes than a 64-bit
+/// process can address, so the allocation fails on any machine.
+#[test]
+fn bench_reports_a_batch_it_cannot_allocate_and_measures_the_others() {
+    let huge = "100000000000";
+    let o = mambatag(&[
+        "bench",
+        "--model",
+        &tiny(),
+        "--steps",
+        "20",
+        "--streams",
+        &format!("4,{huge}"),
+        "--chunk-streams",
+        &format!("2,{huge}"),
+    ]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let (out, err) = (stdout(&o), stderr(&o));
+    for n in ["1", "4", "16"] {
+        assert!(
+            out.lines().any(|l| l.split_whitespace().next() == Some(n)),
+            "no row for {n} streams: {out}"
+        );
+    }
+    assert!(out.contains("chunk graph: 2 streams"), "{out}");
+    for what in [
+        format!("mambatag: bench: {huge} streams: a batch of {huge} streams: could not allocate"),
+        format!("mambatag: bench: chunk graph, {huge} streams: a batch of {huge} streams"),
+    ] {
+        assert!(err.contains(&what), "{what}: {err}");
+    }
+    assert!(err.contains("TB: 6176 bytes per stream"), "{err}");
+    // --json lists them
+    let o = mambatag(&[
+        "bench",
+        "--model",
+        &tiny(),
+        "--steps",
+        "20",
+        "--streams",
+        huge,
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(
+        j["failed"][0]["streams"].as_u64(),
+        Some(100_000_000_000),
+        "{j}"
+    );
+    assert_eq!(j["failed"][0]["graph"], "step", "{j}");
+    assert_eq!(j["batches"].as_array().map(|b| b.len()), Some(2), "{j}");
+}
+
 /// `tag` refuses zero engines, lanes or threads and a negative CUDA index by name (they used to
 /// be read as 1, or as ONNX Runtime's "every core" for `--threads 0`).
 #[test]

@@ -584,7 +584,19 @@ impl Engine {
         for i in 0..self.info.states.len() {
             old.push(self.read_state(self.cur, i)?);
         }
-        let mut t = Tensors::alloc(&self.info, capacity, self.frames_per_call, &self.allocs)?;
+        let mut t = Tensors::alloc(&self.info, capacity, self.frames_per_call, &self.allocs)
+            .map_err(|e| {
+                let per = batch_bytes_per_stream(&self.info, self.frames_per_call);
+                let total = per as f64 * capacity as f64;
+                let (v, unit) = [(1e12, "TB"), (1e9, "GB"), (1e6, "MB")]
+                    .into_iter()
+                    .find(|&(u, _)| total >= u)
+                    .map_or((total / 1e3, "kB"), |(u, n)| (total / u, n));
+                anyhow!(
+                    "a batch of {capacity} streams: could not allocate its buffers ({v:.1} {unit}: \
+                     {per} bytes per stream for two state sets, audio and scores): {e:#}"
+                )
+            })?;
         self.bindings = t.bind(
             session_for(&mut self.session, &mut self.big, capacity)?,
             &self.info,
@@ -818,6 +830,13 @@ impl Tensors {
         let b1 = mk(1)?;
         Ok([b0, b1])
     }
+}
+
+/// Bytes of the buffers one stream of a batch takes ([`Tensors::alloc`]): the state twice (the
+/// ping-pong sets), one call's audio and its scores.
+fn batch_bytes_per_stream(info: &ModelInfo, frames_per_call: usize) -> usize {
+    let t = frames_per_call.max(1);
+    2 * info.state_bytes_per_stream() + 4 * t * (info.hop + info.num_labels())
 }
 
 /// The graph file that runs for `path` (a standard graph such as `step.onnx`) under `kernels`
