@@ -678,6 +678,14 @@ fn assert_refused(args: &[&str], why: &str) {
     assert!(stdout(&o).is_empty(), "{args:?}: {}", stdout(&o));
 }
 
+/// `mambatag bench --model <test model> --steps 20 ARGS`
+fn bench_tiny(args: &[&str]) -> std::process::Output {
+    let model = tiny();
+    let mut all = vec!["bench", "--model", &model, "--steps", "20"];
+    all.extend_from_slice(args);
+    mambatag(&all)
+}
+
 /// `bench` refuses counts of zero by name (`--steps 0` used to panic on an empty list of
 /// timings; `--streams 0` and `--chunk-streams 0` were silently dropped or measured as 1).
 #[test]
@@ -704,16 +712,7 @@ fn bench_refuses_zero_counts() {
         assert_refused(&args, why);
     }
     // The same command with sound counts measures what was asked.
-    let o = mambatag(&[
-        "bench",
-        "--model",
-        &tiny(),
-        "--steps",
-        "20",
-        "--streams",
-        "4",
-        "--json",
-    ]);
+    let o = bench_tiny(&["--streams", "4", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     let streams: Vec<u64> = j["batches"]
@@ -733,12 +732,7 @@ fn bench_refuses_zero_counts() {
 #[test]
 fn bench_reports_a_batch_it_cannot_allocate_and_measures_the_others() {
     let huge = "100000000000";
-    let o = mambatag(&[
-        "bench",
-        "--model",
-        &tiny(),
-        "--steps",
-        "20",
+    let o = bench_tiny(&[
         "--streams",
         &format!("4,{huge}"),
         "--chunk-streams",
@@ -762,16 +756,7 @@ fn bench_reports_a_batch_it_cannot_allocate_and_measures_the_others() {
     }
     assert!(err.contains("TB: 6176 bytes per stream"), "{err}");
     // --json lists them
-    let o = mambatag(&[
-        "bench",
-        "--model",
-        &tiny(),
-        "--steps",
-        "20",
-        "--streams",
-        huge,
-        "--json",
-    ]);
+    let o = bench_tiny(&["--streams", huge, "--json"]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(
