@@ -371,10 +371,10 @@ fn mix_entry(d: &LayerDims, sms: usize) -> Entry {
 }
 
 /// Launches the kernels of `MambaLayer` (see kernels.cu): two (`mamba_dense1`,
-/// `layer_mixout1`) for small batches of shapes that fit them ([`fast_layer`]), else three: one
-/// row per block while the batch fits the SMs (lowest latency), else 8 rows per block for the
-/// projections and 4 for the conv + SSM part (the weights are then read once per block of
-/// rows). All paths sum in the same order, so a row's scores do not depend on the path. `p`:
+/// `layer_mixout1`) for small batches of shapes that fit them ([`fast_layer`]), else three: the
+/// projections one row per block while the batch fits the SMs (lowest latency), else 8 rows per
+/// block (the weights are then read once per block of rows), and the mix as [`mix_entry`]
+/// picks. All paths sum in the same order, so a row's scores do not depend on the path. `p`:
 /// the op's 14 input pointers, then its 5 outputs (x', conv', h', xz, y).
 fn launch_layer(
     ctx: &ComputeContext,
@@ -864,10 +864,8 @@ mod tests {
         fast_layer, logmel_split, mix_entry, ssm_shared_bytes, Entry, LayerDims, SHARED_LIMIT,
     };
 
-    /// The two-launch layer path is taken exactly where its kernels' register arrays hold the
-    /// shapes and a row's blocks fit the SMs in one wave; everything else keeps the three
-    /// launches (both run in the GPU suite, tests/gpu.rs, which grows batches through the
-    /// switch point).
+    /// Past the two-launch path, the middle batches mix with `layer_mixh1` (also in the GPU
+    /// suite: a 64-stream batch runs it) up to 4 rows per SM.
     #[test]
     fn three_launch_path_mixes_with_mixh1_up_to_4_rows_per_sm() {
         let d = |b, r| LayerDims {
@@ -888,6 +886,10 @@ mod tests {
         assert_eq!(mix_entry(&d(133, 17), 132), Entry::Mix4);
     }
 
+    /// The two-launch layer path is taken exactly where its kernels' register arrays hold the
+    /// shapes and a row's blocks fit the SMs in one wave; everything else keeps the three
+    /// launches (both run in the GPU suite, tests/gpu.rs, which grows batches through the
+    /// switch point).
     #[test]
     fn fast_layer_path_takes_small_batches_of_shapes_that_fit() {
         let default = |b| LayerDims {

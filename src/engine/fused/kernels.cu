@@ -444,7 +444,7 @@ extern "C" __global__ void mamba_logmel_step(const float* audio, const double* m
 // ---------------------------------------------------------------------------------------------
 // One whole residual Mamba block for one hop (`MambaLayer`, the layer step graph
 // `step-layer.onnx`), as three launches (small batches: two, `mamba_dense1` + `layer_mixout1`
-// at the end of this file):
+// at the end of this file; middle batches mix with `layer_mixh1`, also there):
 //   layer_in:  u = RMSNorm(x) * norm_w;  xz = u @ in_w                 [B, 2E]
 //   layer_mix: xc = SiLU(causal conv(xz[:, :E]) + conv_b)  (conv state [K-1, E])
 //              dbc = xc @ x_w;  y = MambaSsm(xc, z = xz[:, E:], dbc, ...)   [B, E]
