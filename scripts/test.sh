@@ -4,6 +4,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-deps.sh
 cargo fmt --check
+# the committed PTX (what the CUDA build embeds) is what kernels.cu compiles to
+python3 scripts/build-ptx.py --check
 cargo clippy --all-targets -- -D warnings
 # the CUDA code paths (fused-op kernels, page-locking) compile and lint without a GPU, in the
 # build without microphone capture (no ALSA) that GPU servers use
