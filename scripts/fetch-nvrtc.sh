@@ -10,21 +10,7 @@ if [ -f "$dest/libnvrtc.so.13" ] && [ "$(cat "$root/.nvrtc/VERSION" 2>/dev/null)
   echo "NVRTC $VERSION already in $dest"
   exit 0
 fi
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-python3 -m pip download -q --no-deps --only-binary=:all: -d "$tmp" "nvidia-cuda-nvrtc==$VERSION"
-mkdir -p "$dest"
-python3 - "$tmp" "$dest" <<'PY'
-import glob, os, sys, zipfile
-tmp, dest = sys.argv[1:]
-whl = glob.glob(os.path.join(tmp, "nvidia_cuda_nvrtc-*.whl"))[0]
-with zipfile.ZipFile(whl) as z:
-    for name in z.namelist():
-        base = os.path.basename(name)
-        # the compiler and the builtins it loads from its own folder (not the .alt variants)
-        if name.startswith("nvidia/cu13/lib/") and base.startswith("libnvrtc") and ".alt." not in base:
-            with z.open(name) as src, open(os.path.join(dest, base), "wb") as out:
-                out.write(src.read())
-PY
+# the compiler and the builtins it loads from its own folder (not the .alt variants)
+python3 "$root/scripts/pypi-libs.py" "nvidia-cuda-nvrtc==$VERSION" "$dest" '^nvidia/cu13/lib/libnvrtc(-builtins)?\.so\.[0-9.]+$'
 echo "$VERSION" > "$root/.nvrtc/VERSION"
 echo "NVRTC $VERSION installed in $dest"
