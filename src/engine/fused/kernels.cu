@@ -588,6 +588,35 @@ __device__ __forceinline__ void block_xproj(const float* xc, int E, const float*
     __syncthreads();
 }
 
+// One channel's SSM update, shared by layer_mix_rows and mixout_row: dt = softplus(dbc[0:R] .
+// dw + dtb), h'[n] = exp(dt a[n]) h[n] + dbc[R + n] dt x (stored to h1 when `write`), and the
+// return value y = sum_n dbc[R + N + n] h'[n]. dbc: the row's x_proj output (dt, B, C); dtb and
+// x are read where the sums need them (the callers' load order, so their code is unchanged).
+template <int NR>
+__device__ __forceinline__ float ssm_channel(const float* dbc, const float (&dw)[NR], const float* dtb,
+                                             const float* x,
+                                             const float (&a)[MAX_N], const float (&hv)[MAX_N], int R, int N,
+                                             bool write, float* __restrict__ h1, long b, int E, int e) {
+    float s = 0.0f;
+#pragma unroll
+    for (int q = 0; q < NR; q++) {
+        if (q < R) s += dbc[q] * dw[q];
+    }
+    s += *dtb;
+    const float dt = fmaxf(s, 0.0f) + logf(1.0f + expf(-fabsf(s)));
+    const float dtx = dt * *x;
+    float y = 0.0f;
+#pragma unroll
+    for (int n = 0; n < MAX_N; n++) {
+        if (n < N) {
+            const float h = expf(dt * a[n]) * hv[n] + dbc[R + n] * dtx;
+            if (write) h1[(b * N + n) * E + e] = h;
+            y += dbc[R + N + n] * h;
+        }
+    }
+    return y;
+}
+
 // grid (ceil(B / RB)), block 256, dynamic shared RB * (E + R + 2N) + 256 * RB floats
 template <int RB>
 __device__ __forceinline__ void layer_mix_rows(
@@ -644,24 +673,8 @@ __device__ __forceinline__ void layer_mix_rows(
             a[n] = (n < N) ? A[n * E + e] : 0.0f;
             hv[n] = (n < N) ? h0[(b * N + n) * E + e] : 0.0f;
         }
-        float s = 0.0f;
-#pragma unroll
-        for (int q = 0; q < MAX_R; q++) {
-            if (q < R) s += row[q] * dw[q];
-        }
-        s += dt_b[e];
-        const float dt = fmaxf(s, 0.0f) + logf(1.0f + expf(-fabsf(s)));
+        const float y = ssm_channel(row, dw, dt_b + e, &xc[r * E + e], a, hv, R, N, true, h1, b, E, e);
         const float xv = xc[r * E + e];
-        const float dtx = dt * xv;
-        float y = 0.0f;
-#pragma unroll
-        for (int n = 0; n < MAX_N; n++) {
-            if (n < N) {
-                const float h = expf(dt * a[n]) * hv[n] + row[R + n] * dtx;
-                h1[(b * N + n) * E + e] = h;
-                y += row[R + N + n] * h;
-            }
-        }
         const float z = xz[b * 2 * E + E + e];
         y_out[b * E + e] = (y + xv * Dskip[e]) * (z * sigmoidf_(z));
     }
@@ -808,24 +821,8 @@ __device__ __forceinline__ void mixout_row(
     __syncthreads();
     // --- 4. dt, the state update, the D skip and the gate
     if (ch) {
-        float sdt = 0.0f;
-#pragma unroll
-        for (int q = 0; q < FAST_R; q++) {
-            if (q < R) sdt += dbc[q] * dw[q];
-        }
-        sdt += dtb;
-        const float dt = fmaxf(sdt, 0.0f) + logf(1.0f + expf(-fabsf(sdt)));
+        const float y = ssm_channel(dbc, dw, &dtb, &xc[e], a, hv, R, N, lead, h1, b, E, e);
         const float xe = xc[e];
-        const float dtx = dt * xe;
-        float y = 0.0f;
-#pragma unroll
-        for (int n = 0; n < MAX_N; n++) {
-            if (n < N) {
-                const float h = expf(dt * a[n]) * hv[n] + dbc[R + n] * dtx;
-                if (lead) h1[(b * N + n) * E + e] = h;
-                y += dbc[R + N + n] * h;
-            }
-        }
         const float yv = (y + xe * dsk) * (z * sigmoidf_(z));
         if (OUT) ys[e] = yv;
         if (lead) y_out[b * E + e] = yv;
