@@ -71,7 +71,8 @@ pub enum Kernels {
     /// The fused graph (`*-fused.onnx`); an error if the package has none.
     Fused,
     /// The layer step graph (`step-layer.onnx`: one `MambaLayer` op per layer, the front end,
-    /// embedding and head one op each); chunk graphs use their fused graph. An error if the package has no layer graph.
+    /// embedding and head one op each); chunk graphs use their fused graph. An error if the
+    /// package has no layer graph.
     Layer,
 }
 
