@@ -436,9 +436,10 @@ def mamba_layers(g: GraphBuilder, x: str, states: dict, nexts: dict, weights: di
     """All residual Mamba blocks of a graph: :func:`fused_layer` each (``fused`` true),
     :func:`layer_op` each (``fused == "layer"``), or the standard ops with
     ``conv_fn`` (:func:`conv_step` / :func:`conv_chunk`) and ``scan_fn(g, xc, dt, B, C, h0, P,
-    pre) -> (y, h')``. Puts the next states into ``nexts``; returns the new residual stream.
-    ``skip_norm`` (fused chunk graph): each residual add is fused into the next norm and the
-    last one into the head's, so this returns ``(x, out_proj)`` with the last add pending."""
+    pre) -> (y, h')``. Puts the next states into ``nexts``; returns ``(x, pending)``: the new
+    residual stream, and ``None`` or, with ``skip_norm`` (fused graphs), the last block's
+    out_proj, whose residual add is left to the head's norm (each earlier add is fused into the
+    next block's norm)."""
     pending = None
     for i in range(c.n_layers):
         pre, P = f"l{i}_", layer_params(weights, c, i)
@@ -456,7 +457,7 @@ def mamba_layers(g: GraphBuilder, x: str, states: dict, nexts: dict, weights: di
         dt, Bm, Cm = ssm_inputs(g, xc, P, pre)
         y, nexts[ssm] = scan_fn(g, xc, dt, Bm, Cm, states[ssm], P, pre)
         x = block_output(g, x, y, xc, z, P, pre)
-    return (x, pending) if skip_norm and fused else x
+    return x, pending
 
 
 def head(g: GraphBuilder, x: str, weights: dict, pending: str | None = None) -> str:
@@ -524,7 +525,7 @@ def build_step_graph(weights: dict, config, metadata: dict[str, str],
             x = g.op("Unsqueeze", [x, g.ints("ax1", [1])], "x3")
 
     nexts = {"state.audio": audio_next}
-    x = mamba_layers(g, x, states, nexts, weights, c, fused, conv_step, ssm_step)
+    x, _ = mamba_layers(g, x, states, nexts, weights, c, fused, conv_step, ssm_step)
 
     if fused == "layer":
         scores = g.op("MambaHead", [x, g.const("norm_f_w", np.asarray(weights["norm_f.weight"], np.float64)),
@@ -720,11 +721,8 @@ def build_chunk_graph(weights: dict, config, metadata: dict[str, str], frontend_
                 return scan_chunked(*args, int(opt["sub_chunk"]))
         else:
             raise ValueError(f"unknown chunk scan {opt['scan']!r} (scan or chunked)")
-    pending = None
-    if fused and opt["skip_norm"]:
-        x, pending = mamba_layers(g, x, states, nexts, weights, c, fused, conv_chunk, scan, skip_norm=True)
-    else:
-        x = mamba_layers(g, x, states, nexts, weights, c, fused, conv_chunk, scan)
+    x, pending = mamba_layers(g, x, states, nexts, weights, c, fused, conv_chunk, scan,
+                              skip_norm=bool(opt["skip_norm"]))
 
     g.output("scores", [BATCH, "T", c.n_classes], head(g, x, weights, pending))
     for k, v in shapes.items():
