@@ -768,6 +768,38 @@ fn bench_reports_a_batch_it_cannot_allocate_and_measures_the_others() {
     assert_eq!(j["batches"].as_array().map(|b| b.len()), Some(2), "{j}");
 }
 
+/// A batch the machine could address but not hold (its buffers ≈ all of the RAM) is refused up
+/// front with both sizes. Before, each tensor was granted by the kernel's overcommit and the OOM
+/// killer ended the process once the states were written.
+#[test]
+fn bench_refuses_a_batch_larger_than_free_memory() {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let total_kb: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("MemTotal in /proc/meminfo");
+    // the tiny model's 6176 bytes per stream (two state sets, audio, scores)
+    let streams = (total_kb * 1024 / 6176 * 999 / 1000).to_string();
+    let o = bench_tiny(&["--streams", &streams]);
+    assert_no_panic(&o);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let err = stderr(&o);
+    let what = format!("mambatag: bench: {streams} streams: a batch of {streams} streams: could not allocate its buffers");
+    assert!(err.contains(&what), "{what}: {err}");
+    assert!(
+        err.contains("of host memory and ") && err.contains(" is available (MemAvailable"),
+        "{err}"
+    );
+    assert!(
+        stdout(&o)
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("16")),
+        "{}",
+        stdout(&o)
+    );
+}
+
 /// `tag` refuses zero engines, lanes or threads and a negative CUDA index by name (they used to
 /// be read as 1, or as ONNX Runtime's "every core" for `--threads 0`).
 #[test]

@@ -302,7 +302,8 @@ impl Engine {
         // `copy_into`. (Binding the host tensors directly and re-binding the audio each call —
         // ORT copying inside the run — measured 12–25 % slower on an H200, and CUDA graphs
         // need fixed device addresses anyway.)
-        let mut t = Tensors::alloc(&info, cap, frames_per_call, &allocs)?;
+        let mut t = Tensors::alloc(&info, cap, frames_per_call, &allocs)
+            .map_err(|e| batch_alloc_error(&info, cap, frames_per_call, e))?;
         let bindings = t.bind(session_for(&mut session, &mut big, cap)?, &info)?;
         let mut e = Self {
             bindings,
@@ -586,18 +587,7 @@ impl Engine {
             old.push(self.read_state(self.cur, i)?);
         }
         let mut t = Tensors::alloc(&self.info, capacity, self.frames_per_call, &self.allocs)
-            .map_err(|e| {
-                let per = batch_bytes_per_stream(&self.info, self.frames_per_call);
-                let total = per as f64 * capacity as f64;
-                let (v, unit) = [(1e12, "TB"), (1e9, "GB"), (1e6, "MB")]
-                    .into_iter()
-                    .find(|&(u, _)| total >= u)
-                    .map_or((total / 1e3, "kB"), |(u, n)| (total / u, n));
-                anyhow!(
-                    "a batch of {capacity} streams: could not allocate its buffers ({v:.1} {unit}: \
-                     {per} bytes per stream for two state sets, audio and scores): {e:#}"
-                )
-            })?;
+            .map_err(|e| batch_alloc_error(&self.info, capacity, self.frames_per_call, e))?;
         self.bindings = t.bind(
             session_for(&mut self.session, &mut self.big, capacity)?,
             &self.info,
@@ -767,6 +757,24 @@ struct Tensors {
 impl Tensors {
     fn alloc(info: &ModelInfo, cap: usize, t: usize, allocs: &Allocs) -> Result<Self> {
         let (host, state_alloc, device_io) = (&allocs.host, &allocs.state, allocs.device_io);
+        // Host memory the buffers will take (the states too when they live on the host):
+        // refused up front when it is more than the machine has free, because the kernel's
+        // overcommit would grant it and the OOM killer end the process once it is touched.
+        let per = if device_io {
+            batch_bytes_per_stream(info, t) - 2 * info.state_bytes_per_stream()
+        } else {
+            batch_bytes_per_stream(info, t)
+        };
+        let need = per as f64 * cap as f64;
+        if let Some(avail) = mem_available() {
+            if need > avail as f64 {
+                bail!(
+                    "needs {} of host memory and {} is available (MemAvailable in /proc/meminfo)",
+                    human_bytes(need),
+                    human_bytes(avail as f64)
+                );
+            }
+        }
         let (audio_shape, scores_shape): (Vec<i64>, Vec<i64>) = if info.graph == GraphKind::Step {
             (
                 vec![cap as i64, info.hop as i64],
@@ -830,6 +838,85 @@ impl Tensors {
         let b0 = mk(0)?;
         let b1 = mk(1)?;
         Ok([b0, b1])
+    }
+}
+
+/// The error for a batch whose buffers could not be had, with their size.
+fn batch_alloc_error(
+    info: &ModelInfo,
+    capacity: usize,
+    t: usize,
+    e: anyhow::Error,
+) -> anyhow::Error {
+    let per = batch_bytes_per_stream(info, t);
+    anyhow!(
+        "a batch of {capacity} streams: could not allocate its buffers ({}: {per} bytes per \
+         stream for two state sets, audio and scores): {e:#}",
+        human_bytes(per as f64 * capacity as f64)
+    )
+}
+
+/// `1.5 GB`, `617.6 TB`, `12.0 kB`.
+fn human_bytes(b: f64) -> String {
+    let (v, unit) = [(1e12, "TB"), (1e9, "GB"), (1e6, "MB")]
+        .into_iter()
+        .find(|&(u, _)| b >= u)
+        .map_or((b / 1e3, "kB"), |(u, n)| (b / u, n));
+    format!("{v:.1} {unit}")
+}
+
+/// Memory this process can still take without swapping, in bytes: the kernel's `MemAvailable`,
+/// lowered to the room left under the process's cgroup memory limit when there is one (a
+/// container's limit is not in `/proc/meminfo`). `None` where neither says.
+fn mem_available() -> Option<u64> {
+    let read = |p: &str| std::fs::read_to_string(p).ok();
+    let meminfo = read("/proc/meminfo").and_then(|text| {
+        let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb * 1024)
+    });
+    // (limit file, usage file) of cgroup v2 and v1, at the process's own cgroup and at the
+    // mount's root (what a container with its own cgroup namespace sees)
+    let mut files = Vec::new();
+    for line in read("/proc/self/cgroup").unwrap_or_default().lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, ctrl, path) = (parts.next(), parts.next(), parts.next().unwrap_or("/"));
+        let path = path.trim_end_matches('/');
+        match ctrl {
+            Some("") => {
+                for base in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+                    files.push((
+                        format!("{base}{path}/memory.max"),
+                        format!("{base}{path}/memory.current"),
+                    ));
+                }
+            }
+            Some(c) if c.split(',').any(|c| c == "memory") => {
+                let base = "/sys/fs/cgroup/memory";
+                for dir in [format!("{base}{path}"), base.to_string()] {
+                    files.push((
+                        format!("{dir}/memory.limit_in_bytes"),
+                        format!("{dir}/memory.usage_in_bytes"),
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+    let cgroup = files
+        .iter()
+        .filter_map(|(limit, usage)| {
+            let limit: u64 = read(limit)?.trim().parse().ok()?; // "max": no limit
+            let usage: u64 = read(usage)?.trim().parse().ok()?;
+            Some(limit.saturating_sub(usage))
+        })
+        .min();
+    match (meminfo, cgroup) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
