@@ -209,6 +209,31 @@ fn logmel_split(b: usize, t: usize, bands: usize, sms: usize) -> (usize, usize) 
     (t.min(32).min(frames / (4 * sms)).max(1), 1)
 }
 
+/// How `mamba_logmel_step` (and `mamba_logmel` for one hop) splits `b` rows (one frame each)
+/// over blocks: `(G, RB)`, G band
+/// groups per row and RB rows per block. A block's set-up (the window and twiddle tables, the
+/// filterbank's nonzero ranges) costs more than its frame's FFT: with fewer rows than SMs, G
+/// groups share a row's bands so that about 2 blocks per SM run (each repeats the row's FFT);
+/// with more, a block takes RB = ceil(b / SMs) rows (at most 8) one after another, so the
+/// set-up is paid once per RB rows. `MAMBATAG_LOGMEL_G` / `MAMBATAG_LOGMEL_RB` override them
+/// (A/B timing only: a row's arithmetic is the same for any split).
+fn logmel_step_split(b: usize, bands: usize, sms: usize) -> (usize, usize) {
+    let b = b.max(1);
+    let (g, rb) = if b < sms {
+        ((2 * sms / b).clamp(1, 8), 1)
+    } else {
+        (1, b.div_ceil(sms).min(8))
+    };
+    let g = env_usize("MAMBATAG_LOGMEL_G").unwrap_or(g);
+    let rb = env_usize("MAMBATAG_LOGMEL_RB").unwrap_or(rb);
+    (g.min(bands).max(1), rb.max(1))
+}
+
+/// An environment switch for kernel A/B timing.
+fn env_usize(key: &str) -> Option<usize> {
+    std::env::var(key).ok().and_then(|v| v.parse().ok())
+}
+
 /// Threads per block of the layer kernels, and their column tiles (`IN_COLS`, `OUT_COLS`).
 const LAYER_THREADS: u32 = 256;
 const IN_COLS: usize = 64;
@@ -608,16 +633,23 @@ impl Kernel for CudaKernel {
                     return Err(err(format!("MambaLogMel (CUDA): {} mel bands > 256", d.m)));
                 }
                 let p = pointers(ctx, ins, &[d.out()])?;
-                let (frames, groups) = logmel_split(d.b, d.t, d.m, m.sms);
+                // one hop (the fused step graph): rows per block as MambaLogMelStep
+                let (frames, groups, rows) = if d.t == 1 {
+                    let (g, rb) = logmel_step_split(d.b, d.m, m.sms);
+                    (1, g, rb)
+                } else {
+                    let (f, g) = logmel_split(d.b, d.t, d.m, m.sms);
+                    (f, g, 1)
+                };
                 launch(
                     ctx,
                     m,
                     Entry::LogMel,
-                    (d.t.div_ceil(frames) * groups, d.b),
+                    (d.t.div_ceil(frames) * groups, d.b.div_ceil(rows)),
                     256,
                     0,
                     p,
-                    &[d.t, d.s, d.m, groups, frames],
+                    &[d.t, d.s, d.m, groups, frames, d.b, rows],
                 )
             }
             Which::LogMelStep => {
@@ -632,16 +664,16 @@ impl Kernel for CudaKernel {
                 // [history, audio, mel, logmel, history'] -> the kernel's [audio, mel, logmel,
                 // history, history']
                 let p = pointers(ctx, ins, &[d.out(), d.history()])?;
-                let (frames, groups) = logmel_split(d.b, 1, d.m, m.sms);
+                let (groups, rows) = logmel_step_split(d.b, d.m, m.sms);
                 launch(
                     ctx,
                     m,
                     Entry::LogMelStep,
-                    (groups, d.b),
+                    (groups, d.b.div_ceil(rows)),
                     256,
                     0,
                     vec![p[1], p[2], p[3], p[0], p[4]],
-                    &[1, HOP, d.m, groups, frames, HISTORY],
+                    &[1, HOP, d.m, groups, 1, HISTORY, d.b, rows],
                 )
             }
             Which::Layer => {
@@ -861,7 +893,8 @@ impl Drop for Stream {
 #[cfg(test)]
 mod tests {
     use super::{
-        fast_layer, logmel_split, mix_entry, ssm_shared_bytes, Entry, LayerDims, SHARED_LIMIT,
+        fast_layer, logmel_split, logmel_step_split, mix_entry, ssm_shared_bytes, Entry, LayerDims,
+        SHARED_LIMIT,
     };
 
     /// Past the two-launch path, the middle batches mix with `layer_mixh1` (also in the GPU
@@ -955,6 +988,24 @@ mod tests {
         assert_eq!(ssm_shared_bytes(1000, 8, 16), 16 * per_hop);
         assert_eq!(ssm_shared_bytes(0, 8, 16), per_hop);
         assert!(ssm_shared_bytes(usize::MAX, 32, 16) <= SHARED_LIMIT);
+    }
+
+    /// One-hop log-mel blocks: band groups below one row per SM, rows per block above.
+    #[test]
+    fn logmel_step_split_shares_small_batches_and_groups_large_ones() {
+        let sms = 132;
+        // fewer rows than SMs: band groups for about 2 blocks per SM, at most 8
+        assert_eq!(logmel_step_split(1, 64, sms), (8, 1));
+        assert_eq!(logmel_step_split(33, 64, sms), (8, 1));
+        assert_eq!(logmel_step_split(64, 64, sms), (4, 1));
+        assert_eq!(logmel_step_split(131, 64, sms), (2, 1));
+        // more: rows per block, at most 8
+        assert_eq!(logmel_step_split(132, 64, sms), (1, 1));
+        assert_eq!(logmel_step_split(256, 64, sms), (1, 2));
+        assert_eq!(logmel_step_split(512, 64, sms), (1, 4));
+        assert_eq!(logmel_step_split(16_384, 64, sms), (1, 8));
+        // never more groups than bands
+        assert_eq!(logmel_step_split(1, 3, sms), (3, 1));
     }
 
     /// Every frame of every row is covered exactly once, and the split follows the rules the

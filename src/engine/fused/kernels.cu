@@ -295,7 +295,7 @@ template <bool HIST>
 __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, const double* __restrict__ mel,
                                             float* __restrict__ out, const float* __restrict__ hist,
                                             float* __restrict__ hist_out, int T, int S, int M, int G, int F,
-                                            int H) {
+                                            int H, int B, int RB) {
     // element e of an FFT buffer is at FFT_PAD(e) for the passes (HIST), at e for the stages
     __shared__ double re2[2][HIST ? FFT_LEN : 512];
     __shared__ double im2[2][HIST ? FFT_LEN : 512];
@@ -306,7 +306,6 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
     __shared__ int lo[256];
     __shared__ int hi[256];
     const int tb = blockIdx.x / G, g = blockIdx.x % G;
-    const long b = blockIdx.y;
     const int mb = (M + G - 1) / G, m0 = g * mb, m1 = min(M, m0 + mb), nb = max(0, m1 - m0);
     for (int n = threadIdx.x; n < 400; n += blockDim.x) hann[n] = g_hann[n];
     for (int k = threadIdx.x; k < 512; k += blockDim.x) {
@@ -318,127 +317,143 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
         hi[i] = 0;
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < 257 * nb; i += blockDim.x) {
-        const int k = i / nb, m = i % nb;
-        if (mel[k * M + m0 + m] != 0.0) {
-            atomicMin(&lo[m], k);
-            atomicMax(&hi[m], k + 1);
+    // element i = k nb + m of the [257, nb] slice, walked with running (k, m): no division
+    if (nb > 0) {
+        int k = threadIdx.x / nb, m = threadIdx.x % nb;
+        const int dk = blockDim.x / nb, dm = blockDim.x % nb;
+        while (k < 257) {
+            if (mel[k * M + m0 + m] != 0.0) {
+                atomicMin(&lo[m], k);
+                atomicMax(&hi[m], k + 1);
+            }
+            k += dk;
+            m += dm;
+            if (m >= nb) {
+                m -= nb;
+                k++;
+            }
         }
     }
-    // sample i of the row's (history ++ audio)
-    auto smp = [&](long i) -> float {
-        if (HIST) return i < H ? hist[b * H + i] : audio[b * S + i - H];
-        return audio[b * S + i];
-    };
-    if (HIST && blockIdx.x == 0) {
-        for (int k = threadIdx.x; k < H; k += blockDim.x) hist_out[b * H + k] = smp((long)T * 160 + k);
-    }
-    const int t1 = min(T, (tb + 1) * F);
-    for (int t = tb * F; t < t1; t += 2) {
-        const bool two = t + 1 < t1;
-        __syncthreads();  // set-up done / the previous pair's spectra read
-        const long x = (long)t * 160;
-        // The FFT. A step (HIST: one pair per block, few blocks; latency-bound) runs the 9 radix-2
-        // stages as 3 passes of 3 stages in registers: 3 barriers instead of 9, 2 us less per
-        // launch on an H100. A chunk (many blocks per SM; throughput-bound) keeps one stage at a
-        // time on all 256 threads: the passes' 64 threads made its graph 2 % slower. Both do the
-        // same butterflies with the same roundings: the spectra are the same bits.
-        if (HIST) {
-            // The 9 radix-2 stages as 3 passes of 3 stages (spans 1-2-4, 8-16-32, 64-128-256): in
-            // a pass, thread i < 64 holds in registers the 8 values that one group of butterflies of
-            // those 3 stages reads and writes, so a pass needs one barrier instead of three. The
-            // butterflies and their arithmetic are those of one stage at a time.
-            if (threadIdx.x < 64) {
-                const int i = threadIdx.x;
-                double vr[8], vi[8];
-                // pass 1 reads the windowed samples: element 8i + m is sample rev9(8i + m)
+    // The block's rows [b0, b0 + RB), one after another (its set-up above is paid once); RB = 1
+    // unless T = 1 (a step).
+    const long b0 = (long)blockIdx.y * RB, b1 = min((long)B, b0 + RB);
+    for (long b = b0; b < b1; b++) {
+        // sample i of the row's (history ++ audio)
+        auto smp = [&](long i) -> float {
+            if (HIST) return i < H ? hist[b * H + i] : audio[b * S + i - H];
+            return audio[b * S + i];
+        };
+        if (HIST && blockIdx.x == 0) {
+            for (int k = threadIdx.x; k < H; k += blockDim.x) hist_out[b * H + k] = smp((long)T * 160 + k);
+        }
+        const int t1 = min(T, (tb + 1) * F);
+        for (int t = tb * F; t < t1; t += 2) {
+            const bool two = t + 1 < t1;
+            __syncthreads();  // set-up done / the previous pair's spectra read
+            const long x = (long)t * 160;
+            // The FFT. A step (HIST: one pair per block, few blocks; latency-bound) runs the 9 radix-2
+            // stages as 3 passes of 3 stages in registers: 3 barriers instead of 9, 2 us less per
+            // launch on an H100. A chunk (many blocks per SM; throughput-bound) keeps one stage at a
+            // time on all 256 threads: the passes' 64 threads made its graph 2 % slower. Both do the
+            // same butterflies with the same roundings: the spectra are the same bits.
+            if (HIST) {
+                // The 9 radix-2 stages as 3 passes of 3 stages (spans 1-2-4, 8-16-32, 64-128-256): in
+                // a pass, thread i < 64 holds in registers the 8 values that one group of butterflies of
+                // those 3 stages reads and writes, so a pass needs one barrier instead of three. The
+                // butterflies and their arithmetic are those of one stage at a time.
+                if (threadIdx.x < 64) {
+                    const int i = threadIdx.x;
+                    double vr[8], vi[8];
+                    // pass 1 reads the windowed samples: element 8i + m is sample rev9(8i + m)
 #pragma unroll
-                for (int m = 0; m < 8; m++) {
-                    const int n = __brev(8 * i + m) >> 23;
-                    vr[m] = (n < 400) ? (double)smp(x + n) * hann[n] : 0.0;
-                    vi[m] = (n < 400 && two) ? (double)smp(x + n + 160) * hann[n] : 0.0;
+                    for (int m = 0; m < 8; m++) {
+                        const int n = __brev(8 * i + m) >> 23;
+                        vr[m] = (n < 400) ? (double)smp(x + n) * hann[n] : 0.0;
+                        vi[m] = (n < 400 && two) ? (double)smp(x + n + 160) * hann[n] : 0.0;
+                    }
+                    fft_pass(vr, vi, tc, ts, 1, 0);
+                    fft_store(vr, vi, re2[1], im2[1], 8 * i, 1);
                 }
-                fft_pass(vr, vi, tc, ts, 1, 0);
-                fft_store(vr, vi, re2[1], im2[1], 8 * i, 1);
-            }
-            __syncthreads();
-            if (threadIdx.x < 64) {
-                const int i = threadIdx.x, j = i & 7, a0 = ((i >> 3) << 6) + j;  // span 8: groups of 64
-                double vr[8], vi[8];
-                fft_load(vr, vi, re2[1], im2[1], a0, 8);
-                fft_pass(vr, vi, tc, ts, 8, j);
-                fft_store(vr, vi, re2[0], im2[0], a0, 8);
-            }
-            __syncthreads();
-            if (threadIdx.x < 64) {
-                const int i = threadIdx.x;  // span 64: one group of 512
-                double vr[8], vi[8];
-                fft_load(vr, vi, re2[0], im2[0], i, 64);
-                fft_pass(vr, vi, tc, ts, 64, i);
-                fft_store(vr, vi, re2[1], im2[1], i, 64);
-            }
-            __syncthreads();
-        } else {
-            for (int n = threadIdx.x; n < 512; n += blockDim.x) {
-                const int r = __brev(n) >> 23;  // 9-bit reversal
-                re2[0][r] = (n < 400) ? (double)smp(x + n) * hann[n] : 0.0;
-                im2[0][r] = (n < 400 && two) ? (double)smp(x + n + 160) * hann[n] : 0.0;
-            }
-            __syncthreads();
-            int p = 0;
-            for (int half = 1; half < 512; half <<= 1, p ^= 1) {
-                const double* re = re2[p];
-                const double* im = im2[p];
-                const int i = threadIdx.x;  // one butterfly per thread: 256 per stage
-                const int j = i & (half - 1);
-                const int a = ((i - j) << 1) + j;
-                const int c = a + half;
-                double ar = re[a], ai = im[a], cr = re[c], ci = im[c];
-                fft_bfly(ar, ai, cr, ci, tc[half + j], ts[half + j]);  // w = exp(-pi i j / half)
-                re2[p ^ 1][a] = ar;
-                im2[p ^ 1][a] = ai;
-                re2[p ^ 1][c] = cr;
-                im2[p ^ 1][c] = ci;
                 __syncthreads();
-            }
-        }
-        // 9 stages: Z is in buffer 1. Power spectra of bins 0..256 of both frames.
-        for (int k = threadIdx.x; k < 257; k += blockDim.x) {
-            const int q = (512 - k) & 511;
-            const int pk = HIST ? FFT_PAD(k) : k, pq = HIST ? FFT_PAD(q) : q;
-            const double zr = re2[1][pk], zi = im2[1][pk], wr = re2[1][pq], wi = im2[1][pq];
-            pw[0][k] = ((zr + wr) * (zr + wr) + (zi - wi) * (zi - wi)) * 0.25;
-            pw[1][k] = ((zi + wi) * (zi + wi) + (zr - wr) * (zr - wr)) * 0.25;
-        }
-        __syncthreads();
-        for (int i = threadIdx.x; i < (two ? 2 : 1) * nb; i += blockDim.x) {
-            const int f = i >= nb, m = m0 + i - f * nb;
-            const double* re = pw[f];
-            double acc = 0.0, part = 0.0;
-            int q = lo[m - m0] / MEL_BINS;
-            for (int k = lo[m - m0]; k < hi[m - m0]; k++) {
-                if (k / MEL_BINS != q) {  // the next fixed range: its partial sum starts at 0
-                    acc += part;
-                    part = 0.0;
-                    q = k / MEL_BINS;
+                if (threadIdx.x < 64) {
+                    const int i = threadIdx.x, j = i & 7, a0 = ((i >> 3) << 6) + j;  // span 8: groups of 64
+                    double vr[8], vi[8];
+                    fft_load(vr, vi, re2[1], im2[1], a0, 8);
+                    fft_pass(vr, vi, tc, ts, 8, j);
+                    fft_store(vr, vi, re2[0], im2[0], a0, 8);
                 }
-                part += re[k] * mel[k * M + m];
+                __syncthreads();
+                if (threadIdx.x < 64) {
+                    const int i = threadIdx.x;  // span 64: one group of 512
+                    double vr[8], vi[8];
+                    fft_load(vr, vi, re2[0], im2[0], i, 64);
+                    fft_pass(vr, vi, tc, ts, 64, i);
+                    fft_store(vr, vi, re2[1], im2[1], i, 64);
+                }
+                __syncthreads();
+            } else {
+                for (int n = threadIdx.x; n < 512; n += blockDim.x) {
+                    const int r = __brev(n) >> 23;  // 9-bit reversal
+                    re2[0][r] = (n < 400) ? (double)smp(x + n) * hann[n] : 0.0;
+                    im2[0][r] = (n < 400 && two) ? (double)smp(x + n + 160) * hann[n] : 0.0;
+                }
+                __syncthreads();
+                int p = 0;
+                for (int half = 1; half < 512; half <<= 1, p ^= 1) {
+                    const double* re = re2[p];
+                    const double* im = im2[p];
+                    const int i = threadIdx.x;  // one butterfly per thread: 256 per stage
+                    const int j = i & (half - 1);
+                    const int a = ((i - j) << 1) + j;
+                    const int c = a + half;
+                    double ar = re[a], ai = im[a], cr = re[c], ci = im[c];
+                    fft_bfly(ar, ai, cr, ci, tc[half + j], ts[half + j]);  // w = exp(-pi i j / half)
+                    re2[p ^ 1][a] = ar;
+                    im2[p ^ 1][a] = ai;
+                    re2[p ^ 1][c] = cr;
+                    im2[p ^ 1][c] = ci;
+                    __syncthreads();
+                }
             }
-            acc += part;
-            out[(b * T + t + f) * M + m] = (float)log(acc + 1e-6);
+            // 9 stages: Z is in buffer 1. Power spectra of bins 0..256 of both frames.
+            for (int k = threadIdx.x; k < 257; k += blockDim.x) {
+                const int q = (512 - k) & 511;
+                const int pk = HIST ? FFT_PAD(k) : k, pq = HIST ? FFT_PAD(q) : q;
+                const double zr = re2[1][pk], zi = im2[1][pk], wr = re2[1][pq], wi = im2[1][pq];
+                pw[0][k] = ((zr + wr) * (zr + wr) + (zi - wi) * (zi - wi)) * 0.25;
+                pw[1][k] = ((zi + wi) * (zi + wi) + (zr - wr) * (zr - wr)) * 0.25;
+            }
+            __syncthreads();
+            for (int i = threadIdx.x; i < (two ? 2 : 1) * nb; i += blockDim.x) {
+                const int f = i >= nb, m = m0 + i - f * nb;
+                const double* re = pw[f];
+                double acc = 0.0, part = 0.0;
+                int q = lo[m - m0] / MEL_BINS;
+                for (int k = lo[m - m0]; k < hi[m - m0]; k++) {
+                    if (k / MEL_BINS != q) {  // the next fixed range: its partial sum starts at 0
+                        acc += part;
+                        part = 0.0;
+                        q = k / MEL_BINS;
+                    }
+                    part += re[k] * mel[k * M + m];
+                }
+                acc += part;
+                out[(b * T + t + f) * M + m] = (float)log(acc + 1e-6);
+            }
         }
     }
 }
 
+// grid (ceil(T / F) * G, ceil(B / RB))
 extern "C" __global__ void mamba_logmel(const float* audio, const double* mel, float* out, int T, int S,
-                                        int M, int G, int F) {
-    logmel_rows<false>(audio, mel, out, nullptr, nullptr, T, S, M, G, F, 0);
+                                        int M, int G, int F, int B, int RB) {
+    logmel_rows<false>(audio, mel, out, nullptr, nullptr, T, S, M, G, F, 0, B, RB);
 }
-// grid (G, B) for one hop: audio [B, S = 160] after hist [B, H = 240]
+// grid (G, ceil(B / RB)) for one hop: audio [B, S = 160] after hist [B, H = 240]
 extern "C" __global__ void mamba_logmel_step(const float* audio, const double* mel, float* out,
                                              const float* hist, float* hist_out, int T, int S, int M,
-                                             int G, int F, int H) {
-    logmel_rows<true>(audio, mel, out, hist, hist_out, T, S, M, G, F, H);
+                                             int G, int F, int H, int B, int RB) {
+    logmel_rows<true>(audio, mel, out, hist, hist_out, T, S, M, G, F, H, B, RB);
 }
 
 // ---------------------------------------------------------------------------------------------
