@@ -472,12 +472,14 @@ extern "C" __global__ void mamba_logmel_step(const float* audio, const double* m
 // the batch it is in.
 
 #define UNROLL 16
+#define NORM_REGS 4  // layer_in: x values per lane held in registers (all of them up to d_model 128)
+#define ROW_REGS 8   // layer_out: loads per thread in flight while filling shared memory
 #define IN_COLS 64   // layer_in: 256 threads = 64 columns x 4 input splits
 #define OUT_COLS 32  // layer_out: 256 threads = 32 columns x 8 input splits
 
 // Column tile of a row-block matrix product: thread (s, c) sums in[r][i] * W[i][j0 + c] over
 // its split of i (UNROLL weights loaded at a time) for the RB rows; part[s][r][c].
-template <int RB>
+template <int RB, int UN = UNROLL>
 __device__ __forceinline__ void tile_partial(const float* in, int is, const float* __restrict__ W,
                                              int nin, int nc, int j, int s, int splits,
                                              float* part, int cols, int c) {
@@ -487,24 +489,24 @@ __device__ __forceinline__ void tile_partial(const float* in, int is, const floa
     for (int r = 0; r < RB; r++) acc[r] = 0.0f;
     if (j < nc) {
         const int i1 = min(nin, (s + 1) * per);
-        // UNROLL loads in flight, then their multiply-adds in order
+        // UN loads in flight, then their multiply-adds in order
         int i = s * per;
-        for (; i + UNROLL <= i1; i += UNROLL) {
-            float w[UNROLL];
+        for (; i + UN <= i1; i += UN) {
+            float w[UN];
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++) w[u] = W[(long)(i + u) * nc + j];
+            for (int u = 0; u < UN; u++) w[u] = W[(long)(i + u) * nc + j];
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++) {
+            for (int u = 0; u < UN; u++) {
 #pragma unroll
                 for (int r = 0; r < RB; r++) acc[r] += in[r * is + i + u] * w[u];
             }
         }
         if (i < i1) {  // the tail the same way (a plain loop would wait for each load in turn)
-            float w[UNROLL];
+            float w[UN];
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++) w[u] = (i + u < i1) ? W[(long)(i + u) * nc + j] : 0.0f;
+            for (int u = 0; u < UN; u++) w[u] = (i + u < i1) ? W[(long)(i + u) * nc + j] : 0.0f;
 #pragma unroll
-            for (int u = 0; u < UNROLL; u++) {
+            for (int u = 0; u < UN; u++) {
                 if (i + u < i1) {
 #pragma unroll
                     for (int r = 0; r < RB; r++) acc[r] += in[r * is + i + u] * w[u];
@@ -530,12 +532,28 @@ __device__ __forceinline__ void layer_in_rows(const float* __restrict__ x, const
     for (int r = warp; r < RB; r += warps) {
         if (r < rows) {
             const float* xr = x + (b0 + r) * Dm;
+            // the row's loads (x and the norm weight, up to NORM_REGS per lane) issued first
+            float xv[NORM_REGS], wv[NORM_REGS];
+#pragma unroll
+            for (int q = 0; q < NORM_REGS; q++) {
+                const int i = lane + 32 * q;
+                xv[q] = (i < Dm) ? xr[i] : 0.0f;
+                wv[q] = (i < Dm) ? norm_w[i] : 0.0f;
+            }
             float ss = 0.0f;
-            for (int i = lane; i < Dm; i += 32) ss += xr[i] * xr[i];
+#pragma unroll
+            for (int q = 0; q < NORM_REGS; q++)
+                if (lane + 32 * q < Dm) ss += xv[q] * xv[q];
+            for (int i = lane + 32 * NORM_REGS; i < Dm; i += 32) ss += xr[i] * xr[i];
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
             const float inv = 1.0f / sqrtf(ss / (float)Dm + eps);
-            for (int i = lane; i < Dm; i += 32) u[r * Dm + i] = xr[i] * inv * norm_w[i];
+#pragma unroll
+            for (int q = 0; q < NORM_REGS; q++) {
+                const int i = lane + 32 * q;
+                if (i < Dm) u[r * Dm + i] = xv[q] * inv * wv[q];
+            }
+            for (int i = lane + 32 * NORM_REGS; i < Dm; i += 32) u[r * Dm + i] = xr[i] * inv * norm_w[i];
         } else {
             for (int i = lane; i < Dm; i += 32) u[r * Dm + i] = 0.0f;
         }
@@ -543,7 +561,7 @@ __device__ __forceinline__ void layer_in_rows(const float* __restrict__ x, const
     __syncthreads();
     const int c = threadIdx.x % IN_COLS, s = threadIdx.x / IN_COLS;
     const int j0 = blockIdx.x * IN_COLS;
-    tile_partial<RB>(u, Dm, in_w, Dm, E2, j0 + c, s, 4, part, IN_COLS, c);
+    tile_partial<RB, (RB > 1 ? 2 * UNROLL : UNROLL)>(u, Dm, in_w, Dm, E2, j0 + c, s, 4, part, IN_COLS, c);
     __syncthreads();
     for (int k = threadIdx.x; k < rows * IN_COLS; k += blockDim.x) {
         const int r = k / IN_COLS, cc = k % IN_COLS, j = j0 + cc;
@@ -564,12 +582,28 @@ __device__ __forceinline__ void layer_out_rows(const float* __restrict__ x, cons
     __shared__ float part[8 * RB * OUT_COLS];
     const long b0 = (long)blockIdx.y * RB;
     const int rows = (int)min((long)RB, B - b0);
-    for (int k = threadIdx.x; k < RB * E; k += blockDim.x)
-        ys[k] = (k / E < rows) ? y[b0 * E + k] : 0.0f;
+    const int j0 = blockIdx.x * OUT_COLS;
+    // the residual of this thread's first output, fetched while the rest runs
+    const int k0 = threadIdx.x, r0 = k0 / OUT_COLS, jj0 = j0 + k0 % OUT_COLS;
+    const float x0 = (k0 < rows * OUT_COLS && jj0 < Dm) ? x[(b0 + r0) * Dm + jj0] : 0.0f;
+    // the block's rows of y are contiguous: ROW_REGS loads per thread in flight per round
+    const int n = rows * E;
+    for (int k = threadIdx.x; k < RB * E; k += ROW_REGS * blockDim.x) {
+        float v[ROW_REGS];
+#pragma unroll
+        for (int q = 0; q < ROW_REGS; q++) {
+            const int kq = k + q * blockDim.x;
+            v[q] = (kq < n) ? y[b0 * E + kq] : 0.0f;
+        }
+#pragma unroll
+        for (int q = 0; q < ROW_REGS; q++) {
+            const int kq = k + q * blockDim.x;
+            if (kq < RB * E) ys[kq] = v[q];
+        }
+    }
     __syncthreads();
     const int c = threadIdx.x % OUT_COLS, s = threadIdx.x / OUT_COLS;
-    const int j0 = blockIdx.x * OUT_COLS;
-    tile_partial<RB>(ys, E, out_w, E, Dm, j0 + c, s, 8, part, OUT_COLS, c);
+    tile_partial<RB, (RB > 1 ? 2 * UNROLL : UNROLL)>(ys, E, out_w, E, Dm, j0 + c, s, 8, part, OUT_COLS, c);
     __syncthreads();
     for (int k = threadIdx.x; k < rows * OUT_COLS; k += blockDim.x) {
         const int r = k / OUT_COLS, cc = k % OUT_COLS, j = j0 + cc;
@@ -580,7 +614,7 @@ __device__ __forceinline__ void layer_out_rows(const float* __restrict__ x, cons
 #pragma unroll
             for (int q = 0; q < 8; q++) v += p[q * st];
             const long o = (b0 + r) * Dm + j;
-            x_out[o] = x[o] + v;
+            x_out[o] = (k == k0 ? x0 : x[o]) + v;
         }
     }
 }
