@@ -210,17 +210,20 @@ fn logmel_split(b: usize, t: usize, bands: usize, sms: usize) -> (usize, usize) 
 }
 
 /// How `mamba_logmel_step` (and `mamba_logmel` for one hop) splits `b` rows (one frame each)
-/// over blocks: `(G, RB)`, G band
-/// groups per row and RB rows per block. A block's set-up (the window and twiddle tables, the
-/// filterbank's nonzero ranges) costs more than its frame's FFT: with fewer rows than SMs, G
-/// groups share a row's bands so that about 2 blocks per SM run (each repeats the row's FFT);
-/// with more, a block takes RB = ceil(b / SMs) rows (at most 8) one after another, so the
-/// set-up is paid once per RB rows. `MAMBATAG_LOGMEL_G` / `MAMBATAG_LOGMEL_RB` override them
-/// (A/B timing only: a row's arithmetic is the same for any split).
+/// over blocks: `(G, RB)`, G band groups per row and RB rows per block. A block's set-up (the
+/// window and twiddle tables, the filterbank's nonzero ranges) costs more than its frame's FFT:
+/// with fewer rows than SMs, G groups share a row's bands so that about 2 blocks per SM run
+/// (each repeats the row's FFT); from 2 rows per SM on, a block takes RB = ceil(b / SMs) rows
+/// (at most 8) one after another, so the set-up is paid once per RB rows. In between, one row
+/// per block: two blocks per SM run at once, and 2 rows per block measured slower at 256
+/// streams on an H100 (154.7 vs 147.4 us per step). `MAMBATAG_LOGMEL_G` / `MAMBATAG_LOGMEL_RB`
+/// override them (A/B timing only: a row's arithmetic is the same for any split).
 fn logmel_step_split(b: usize, bands: usize, sms: usize) -> (usize, usize) {
     let b = b.max(1);
     let (g, rb) = if b < sms {
         ((2 * sms / b).clamp(1, 8), 1)
+    } else if b < 2 * sms {
+        (1, 1)
     } else {
         (1, b.div_ceil(sms).min(8))
     };
@@ -999,9 +1002,10 @@ mod tests {
         assert_eq!(logmel_step_split(33, 64, sms), (8, 1));
         assert_eq!(logmel_step_split(64, 64, sms), (4, 1));
         assert_eq!(logmel_step_split(131, 64, sms), (2, 1));
-        // more: rows per block, at most 8
+        // one row per block below 2 rows per SM, then rows per block, at most 8
         assert_eq!(logmel_step_split(132, 64, sms), (1, 1));
-        assert_eq!(logmel_step_split(256, 64, sms), (1, 2));
+        assert_eq!(logmel_step_split(256, 64, sms), (1, 1));
+        assert_eq!(logmel_step_split(264, 64, sms), (1, 2));
         assert_eq!(logmel_step_split(512, 64, sms), (1, 4));
         assert_eq!(logmel_step_split(16_384, 64, sms), (1, 8));
         // never more groups than bands
