@@ -227,14 +227,13 @@ fn logmel_step_split(b: usize, bands: usize, sms: usize) -> (usize, usize) {
     } else {
         (1, b.div_ceil(sms).min(8))
     };
-    let g = env_usize("MAMBATAG_LOGMEL_G").unwrap_or(g);
-    let rb = env_usize("MAMBATAG_LOGMEL_RB").unwrap_or(rb);
-    (g.min(bands).max(1), rb.max(1))
-}
-
-/// An environment switch for kernel A/B timing.
-fn env_usize(key: &str) -> Option<usize> {
-    std::env::var(key).ok().and_then(|v| v.parse().ok())
+    // read once per process, as the other A/B switches: this runs at every step's launch
+    static FORCED: OnceLock<(Option<usize>, Option<usize>)> = OnceLock::new();
+    let (fg, frb) = *FORCED.get_or_init(|| {
+        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
+        (var("MAMBATAG_LOGMEL_G"), var("MAMBATAG_LOGMEL_RB"))
+    });
+    (fg.unwrap_or(g).min(bands).max(1), frb.unwrap_or(rb).max(1))
 }
 
 /// Threads per block of the layer kernels, and their column tiles (`IN_COLS`, `OUT_COLS`).
