@@ -760,16 +760,18 @@ impl Tensors {
         // Host memory the buffers will take (the states too when they live on the host):
         // refused up front when it is more than the machine has free, because the kernel's
         // overcommit would grant it and the OOM killer end the process once it is touched.
-        let per = if device_io {
-            batch_bytes_per_stream(info, t) - 2 * info.state_bytes_per_stream()
-        } else {
-            batch_bytes_per_stream(info, t)
-        };
+        let per = io_bytes_per_stream(info, t)
+            + if device_io {
+                0
+            } else {
+                2 * info.state_bytes_per_stream()
+            };
         let need = per as f64 * cap as f64;
         if let Some(avail) = mem_available() {
             if need > avail as f64 {
                 bail!(
-                    "needs {} of host memory and {} is available (MemAvailable in /proc/meminfo)",
+                    "needs {} of host memory and {} is available (MemAvailable, or less under \
+                     a cgroup memory limit)",
                     human_bytes(need),
                     human_bytes(avail as f64)
                 );
@@ -923,8 +925,12 @@ fn mem_available() -> Option<u64> {
 /// Bytes of the buffers one stream of a batch takes ([`Tensors::alloc`]): the state twice (the
 /// ping-pong sets), one call's audio and its scores.
 fn batch_bytes_per_stream(info: &ModelInfo, frames_per_call: usize) -> usize {
-    let t = frames_per_call.max(1);
-    2 * info.state_bytes_per_stream() + 4 * t * (info.hop + info.num_labels())
+    2 * info.state_bytes_per_stream() + io_bytes_per_stream(info, frames_per_call)
+}
+
+/// Bytes of one stream's audio and scores for one call (host memory on every device).
+fn io_bytes_per_stream(info: &ModelInfo, frames_per_call: usize) -> usize {
+    4 * frames_per_call.max(1) * (info.hop + info.num_labels())
 }
 
 /// The graph file that runs for `path` (a standard graph such as `step.onnx`) under `kernels`
