@@ -12,7 +12,7 @@ use ort::value::DynTensorValueType;
 
 use super::{
     err, gather, ConvDims, DenseCall, LayerDims, LogMelDims, LogMelStepDims, SsmDims, F32, F64,
-    HISTORY, HOP,
+    HISTORY, HOP, N_FFT,
 };
 
 const PTX: &str = concat!(include_str!("kernels.ptx"), "\0");
@@ -60,6 +60,8 @@ struct Driver {
     memcpy_htod_async: unsafe extern "C" fn(u64, *const c_void, usize, *mut c_void) -> CuResult,
     memcpy_dtoh_async: unsafe extern "C" fn(*mut c_void, u64, usize, *mut c_void) -> CuResult,
     stream_sync: unsafe extern "C" fn(*mut c_void) -> CuResult,
+    mem_alloc: unsafe extern "C" fn(*mut u64, usize) -> CuResult,
+    mem_free: unsafe extern "C" fn(u64) -> CuResult,
 }
 
 // SAFETY: the driver API is thread-safe; the struct only holds function pointers.
@@ -99,6 +101,8 @@ impl Driver {
             memcpy_htod_async: sym!(b"cuMemcpyHtoDAsync_v2"),
             memcpy_dtoh_async: sym!(b"cuMemcpyDtoHAsync_v2"),
             stream_sync: sym!(b"cuStreamSynchronize"),
+            mem_alloc: sym!(b"cuMemAlloc_v2"),
+            mem_free: sym!(b"cuMemFree_v2"),
             _lib: lib,
         })
     }
@@ -197,7 +201,7 @@ fn ssm_shared_bytes(t: usize, r: usize, n: usize) -> usize {
 
 /// How `mamba_logmel` splits `b` rows of `t` frames over blocks of 256 threads: `(F, G)`, F
 /// frames per block and G band groups per frame. Many frames: up to 32 frames per block (the
-/// block's set-up, window and twiddle tables and the filterbank's nonzero ranges, is then paid
+/// block's set-up, window and twiddle tables and its bands' filterbank weights, is then paid
 /// once per 32 frames) while there are still 4 blocks per SM. Fewer frames than SMs: one frame
 /// per block and 8 band groups (at most one per band), so that several SMs share each frame's
 /// filterbank sums.
@@ -211,7 +215,8 @@ fn logmel_split(b: usize, t: usize, bands: usize, sms: usize) -> (usize, usize) 
 
 /// How `mamba_logmel_step` (and `mamba_logmel` for one hop) splits `b` rows (one frame each)
 /// over blocks: `(G, RB)`, G band groups per row and RB rows per block. A block's set-up (the
-/// window and twiddle tables, the filterbank's nonzero ranges) costs more than its frame's FFT:
+/// window and twiddle tables, its bands' filterbank weights) is paid once per block, and
+/// cost more than its frame's FFT while it scanned the whole filterbank (session 14's split):
 /// with fewer rows than SMs, G groups share a row's bands so that about 2 blocks per SM run
 /// (each repeats the row's FFT); from 2 rows per SM on, a block takes RB = ceil(b / SMs) rows
 /// (at most 8) one after another, so the set-up is paid once per RB rows. In between, one row
@@ -579,10 +584,150 @@ fn pointers(
     Ok(p)
 }
 
+/// kernels.cu's band table of a filterbank `mel [257, M]` (row-major, bin by band): `bands`
+/// = lo[M], hi[M], off[M + 1] and `wts`, band j's weights of bins lo[j]..hi[j] (from its first
+/// nonzero weight to its last, zeros between included) at wts[off[j]..]. An empty band has
+/// lo = hi = 0. The kernels' sums read the same weights in the same order as from `mel`.
+fn band_table(mel: &[f64], m: usize) -> (Vec<i32>, Vec<f64>) {
+    let mut lo = Vec::with_capacity(m);
+    let mut hi = Vec::with_capacity(m);
+    let mut off = Vec::with_capacity(m + 1);
+    let mut wts = Vec::new();
+    for j in 0..m {
+        let w = |k: usize| mel[k * m + j];
+        let bins = mel.len() / m;
+        let first = (0..bins).find(|&k| w(k) != 0.0);
+        let (l, h) = first.map_or((0, 0), |l| {
+            let last = (l..bins).rev().find(|&k| w(k) != 0.0).unwrap_or(l);
+            (l, last + 1)
+        });
+        lo.push(l as i32);
+        hi.push(h as i32);
+        off.push(wts.len() as i32);
+        wts.extend((l..h).map(w));
+    }
+    off.push(wts.len() as i32);
+    ([lo, hi, off].concat(), wts)
+}
+
+/// A log-mel op's band table ([`band_table`]) in device memory, made from the op's filterbank
+/// input (a graph initializer) on its first call and kept while ORT hands over the same buffer:
+/// the kernels then read ~500 weights per block instead of scanning all 257 × M for nonzeros
+/// (Nsight Compute, 256 streams: that scan stalled `mamba_logmel_step` on global loads).
+struct DeviceBands {
+    module: Arc<Module>,
+    /// The filterbank's device address and M.
+    key: (usize, usize),
+    /// One allocation: `bands` (i32), padded to 8 bytes, then `wts` (f64).
+    dev: u64,
+    wts_at: usize,
+}
+
+impl DeviceBands {
+    /// Copies `mel [257, m]` (device memory) to the host on the op's stream, makes the table
+    /// and uploads it. Runs outside CUDA graph capture: ONNX Runtime runs a session normally
+    /// before it captures, and the table is kept from then on.
+    fn make(
+        module: &Arc<Module>,
+        ctx: &ComputeContext,
+        mel: *mut c_void,
+        m: usize,
+    ) -> ort::Result<Self> {
+        let d = driver()?;
+        enter(d, module)?;
+        let stream = ctx.stream()?.map_or(std::ptr::null_mut(), |s| s.as_ptr());
+        let mut host = vec![0f64; (N_FFT / 2 + 1) * m];
+        let bytes = std::mem::size_of_val(&host[..]);
+        // SAFETY: `mel` is the op's input of 257 × m doubles (checked by LogMel*Dims); `host`
+        // is as large; the stream is synchronised before `host` is read.
+        unsafe {
+            d.check(
+                (d.memcpy_dtoh_async)(host.as_mut_ptr().cast(), mel as u64, bytes, stream),
+                "cuMemcpyDtoHAsync (mel filterbank)",
+            )?;
+            d.check(
+                (d.stream_sync)(stream),
+                "cuStreamSynchronize (mel filterbank)",
+            )?;
+        }
+        let (bands, wts) = band_table(&host, m);
+        let wts_at = (4 * bands.len()).next_multiple_of(8);
+        let mut buf = vec![0u8; wts_at + 8 * wts.len()];
+        for (dst, v) in buf.chunks_exact_mut(4).zip(&bands) {
+            dst.copy_from_slice(&v.to_ne_bytes());
+        }
+        for (dst, v) in buf[wts_at..].chunks_exact_mut(8).zip(&wts) {
+            dst.copy_from_slice(&v.to_ne_bytes());
+        }
+        let mut dev = 0u64;
+        // SAFETY: valid out-pointer; `buf` outlives the synchronised copy.
+        unsafe {
+            d.check(
+                (d.mem_alloc)(&mut dev, buf.len()),
+                "cuMemAlloc (mel band table)",
+            )?;
+        }
+        let table = Self {
+            module: module.clone(),
+            key: (mel as usize, m),
+            dev,
+            wts_at,
+        };
+        // SAFETY: `dev` holds `buf.len()` bytes; the copy is waited for before `buf` is dropped.
+        unsafe {
+            d.check(
+                (d.memcpy_htod_async)(dev, buf.as_ptr().cast(), buf.len(), stream),
+                "cuMemcpyHtoDAsync (mel band table)",
+            )?;
+            d.check(
+                (d.stream_sync)(stream),
+                "cuStreamSynchronize (mel band table)",
+            )?;
+        }
+        Ok(table)
+    }
+
+    /// The kernels' `bands` and `wts` pointers for the filterbank at `mel` with `m` bands:
+    /// `slot`'s table, made first if it is missing or of another filterbank.
+    fn get(
+        slot: &mut Option<Self>,
+        module: &Arc<Module>,
+        ctx: &ComputeContext,
+        mel: *mut c_void,
+        m: usize,
+    ) -> ort::Result<[*mut c_void; 2]> {
+        if slot.as_ref().map(|t| t.key) != Some((mel as usize, m)) {
+            *slot = None; // frees the old table first
+            *slot = Some(Self::make(module, ctx, mel, m)?);
+        }
+        let t = slot
+            .as_ref()
+            .ok_or_else(|| err("mel band table missing".to_string()))?;
+        Ok([
+            t.dev as *mut c_void,
+            (t.dev + t.wts_at as u64) as *mut c_void,
+        ])
+    }
+}
+
+impl Drop for DeviceBands {
+    fn drop(&mut self) {
+        if let Ok(d) = driver() {
+            if enter(d, &self.module).is_ok() {
+                // SAFETY: allocated in `make`; the kernels that read it ran on the op's stream,
+                // which ONNX Runtime synchronises before a session (and its ops) is dropped.
+                unsafe { (d.mem_free)(self.dev) };
+            }
+        }
+    }
+}
+
 /// The CUDA kernel of one fused op (the module is loaded once per device).
 pub struct CudaKernel {
     module: Arc<Module>,
     which: Which,
+    /// The log-mel ops' filterbank band table.
+    bands: Option<DeviceBands>,
 }
 
 impl CudaKernel {
@@ -590,6 +735,7 @@ impl CudaKernel {
         Ok(Self {
             module: module(device_id)?,
             which,
+            bands: None,
         })
     }
 }
@@ -634,7 +780,9 @@ impl Kernel for CudaKernel {
                 if d.m > 256 {
                     return Err(err(format!("MambaLogMel (CUDA): {} mel bands > 256", d.m)));
                 }
+                // [audio, mel, logmel] -> the kernel's [audio, bands, wts, logmel]
                 let p = pointers(ctx, ins, &[d.out()])?;
+                let [bands, wts] = DeviceBands::get(&mut self.bands, m, ctx, p[1], d.m)?;
                 // one hop (the fused step graph): rows per block as MambaLogMelStep
                 let (frames, groups, rows) = if d.t == 1 {
                     let (g, rb) = logmel_step_split(d.b, d.m, m.sms);
@@ -650,7 +798,7 @@ impl Kernel for CudaKernel {
                     (d.t.div_ceil(frames) * groups, d.b.div_ceil(rows)),
                     256,
                     0,
-                    p,
+                    vec![p[0], bands, wts, p[2]],
                     &[d.t, d.s, d.m, groups, frames, d.b, rows],
                 )
             }
@@ -663,9 +811,10 @@ impl Kernel for CudaKernel {
                         d.m
                     )));
                 }
-                // [history, audio, mel, logmel, history'] -> the kernel's [audio, mel, logmel,
-                // history, history']
+                // [history, audio, mel, logmel, history'] -> the kernel's [audio, bands, wts,
+                // logmel, history, history']
                 let p = pointers(ctx, ins, &[d.out(), d.history()])?;
+                let [bands, wts] = DeviceBands::get(&mut self.bands, m, ctx, p[2], d.m)?;
                 let (groups, rows) = logmel_step_split(d.b, d.m, m.sms);
                 launch(
                     ctx,
@@ -674,7 +823,7 @@ impl Kernel for CudaKernel {
                     (groups, d.b.div_ceil(rows)),
                     256,
                     0,
-                    vec![p[1], p[2], p[3], p[0], p[4]],
+                    vec![p[1], bands, wts, p[3], p[0], p[4]],
                     &[1, HOP, d.m, groups, 1, HISTORY, d.b, rows],
                 )
             }
@@ -895,9 +1044,57 @@ impl Drop for Stream {
 #[cfg(test)]
 mod tests {
     use super::{
-        fast_layer, logmel_split, logmel_step_split, mix_entry, ssm_shared_bytes, Entry, LayerDims,
-        SHARED_LIMIT,
+        band_table, fast_layer, logmel_split, logmel_step_split, mix_entry, ssm_shared_bytes,
+        Entry, LayerDims, SHARED_LIMIT,
     };
+
+    /// The band table gives every band exactly its filterbank column: each bin's weight, read
+    /// as the kernels read it (from `wts` inside [lo, hi), 0 outside), is the same bits as in
+    /// `mel`, for triangles, an empty band, a band with a zero inside and one that reaches bin
+    /// 256.
+    #[test]
+    fn band_table_holds_each_bands_weights_in_bin_order() {
+        let (bins, m) = (257, 40);
+        let mut mel = vec![0f64; bins * m];
+        for j in 0..m {
+            // overlapping triangles over 6 + j / 4 bins each, spread over the spectrum
+            let (c, w) = (3 + j * 6, 6 + j / 4);
+            for k in c.saturating_sub(w)..(c + w).min(bins) {
+                mel[k * m + j] = 1.0 / (1.0 + (k as f64 - c as f64).abs()) / 3.0;
+            }
+        }
+        for k in 0..bins {
+            mel[k * m + 7] = 0.0; // empty
+        }
+        mel[59 * m + 9] = 0.0; // a zero inside band 9's triangle (bins 49..65)
+        mel[256 * m + (m - 1)] = 0.25; // the last bin
+        let (bands, wts) = band_table(&mel, m);
+        assert_eq!(bands.len(), 3 * m + 1);
+        let (lo, hi, off) = (&bands[..m], &bands[m..2 * m], &bands[2 * m..]);
+        assert_eq!((lo[7], hi[7]), (0, 0), "empty band");
+        assert_eq!(hi[m - 1], 257);
+        assert!(
+            lo[9] < 59 && hi[9] > 59,
+            "the interior zero stays inside band 9's range"
+        );
+        assert_eq!(off[m] as usize, wts.len());
+        for j in 0..m {
+            assert_eq!(
+                off[j + 1] - off[j],
+                hi[j] - lo[j],
+                "band {j}'s weight count"
+            );
+            for k in 0..bins {
+                let inside = (lo[j]..hi[j]).contains(&(k as i32));
+                let w = if inside {
+                    wts[(off[j] + k as i32 - lo[j]) as usize]
+                } else {
+                    0.0
+                };
+                assert_eq!(w.to_bits(), mel[k * m + j].to_bits(), "bin {k}, band {j}");
+            }
+        }
+    }
 
     /// Past the two-launch path, the middle batches mix with `layer_mixh1` (also in the GPU
     /// suite: a 64-stream batch runs it) up to 4 rows per SM.

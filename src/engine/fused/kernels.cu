@@ -201,13 +201,13 @@ extern "C" __global__ void __launch_bounds__(128, SSM_MIN_BLOCKS) mamba_ssm_r8n1
 
 // Log-mel front end (CONTRACT.md §4) over T hops, in float64 like the standard graphs:
 //   audio [B, S] with S = 240 + T * 160 (the carried history, then the new hops)
-//   mel   [257, M] float64 mel filterbank (M <= 256)
+//   bands, wts: the op's `mel [257, M]` float64 filterbank (M <= 256) as its band table (below)
 //   out   [B, T, M] float32: ln(mel^T |DFT512(hann400 * frame_t)|^2 + 1e-6)
 // frame t = audio[b, t*160 : t*160 + 400]. One block of 256 threads per (F frames, g, b).
 // The Hann window and the FFT twiddles are tables made once per module (`mamba_tables`, launched
-// when the module is loaded); a block copies them to shared memory, and finds for each of its
-// bands the range [lo, hi) of bins with a nonzero weight (a mel filterbank is triangles: a band
-// then reads ~10 weights instead of all 257). Its frames are transformed two at a time: frame t
+// when the module is loaded); a block copies them to shared memory, with its bands' rows of the
+// filterbank's band table (see below; a mel filterbank is triangles: a band reads ~10 weights
+// instead of all 257). Its frames are transformed two at a time: frame t
 // as the real part and frame t+1 as the imaginary part of one 512-point complex FFT (radix 2 in
 // shared memory, ping-ponging between two buffers; a step groups its 9 stages into 3 passes), whose
 // spectrum Z splits into the two real spectra by symmetry:
@@ -218,9 +218,15 @@ extern "C" __global__ void __launch_bounds__(128, SSM_MIN_BLOCKS) mamba_ssm_r8n1
 // are few (several SMs share the work of one frame). Each band sums its bins in MEL_PARTS fixed
 // ranges of MEL_BINS, added in order; the bins outside [lo, hi) have weight 0 and would add exact
 // zeros, so skipping them changes nothing and the result depends on neither F nor G.
+// The band table (made on the host from `mel [257, M]` once per op, cuda.rs `BandTable`):
+//   bands [3M + 1] int: lo[M], then hi[M], then off[M + 1]; band m's weights for bins [lo, hi)
+//   are wts[off[m] .. off[m] + hi - lo) (interior zeros included), an empty band has lo = hi.
+// A block copies its bands' weights into shared memory when they fit (MEL_W), else reads them
+// where they are; either way the same products are added in the same order.
 // grid (ceil(T / F) * G, B), block 256
 #define MEL_PARTS 8
 #define MEL_BINS 33  // MEL_PARTS * MEL_BINS >= 257
+#define MEL_W 1024   // filterbank weights a block keeps in shared memory
 __device__ double g_hann[400];
 __device__ double g_tc[512];  // tw[half + j] = exp(-pi i j / half), j < half: the stage of span
 __device__ double g_ts[512];  // `half` reads [half, 2 half), consecutive words for consecutive j
@@ -292,7 +298,8 @@ __device__ __forceinline__ void fft_store(const double (&vr)[8], const double (&
 // samples of that concatenation to `hist_out`. Else (`mamba_logmel`, `MambaLogMel`): audio
 // [B, S] holds the history; `hist`, `hist_out` and H are unused.
 template <bool HIST>
-__device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, const double* __restrict__ mel,
+__device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, const int* __restrict__ bands,
+                                            const double* __restrict__ wts,
                                             float* __restrict__ out, const float* __restrict__ hist,
                                             float* __restrict__ hist_out, int T, int S, int M, int G, int F,
                                             int H, int B, int RB) {
@@ -305,35 +312,27 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
     __shared__ double hann[400];
     __shared__ int lo[256];
     __shared__ int hi[256];
+    __shared__ int off[256];  // band's first weight, relative to the block's first (w0)
+    __shared__ double wsh[MEL_W];
     const int tb = blockIdx.x / G, g = blockIdx.x % G;
     const int mb = (M + G - 1) / G, m0 = g * mb, m1 = min(M, m0 + mb), nb = max(0, m1 - m0);
+    // the block's bands' weights: wts[w0 .. w0 + nw), in shared memory if they fit
+    const int w0 = bands[2 * M + min(m0, M)], nw = bands[2 * M + min(m0, M) + nb] - w0;
+    const bool in_shared = nw <= MEL_W;
     for (int n = threadIdx.x; n < 400; n += blockDim.x) hann[n] = g_hann[n];
     for (int k = threadIdx.x; k < 512; k += blockDim.x) {
         tc[k] = g_tc[k];
         ts[k] = g_ts[k];
     }
     for (int i = threadIdx.x; i < nb; i += blockDim.x) {
-        lo[i] = 257;
-        hi[i] = 0;
+        lo[i] = bands[m0 + i];
+        hi[i] = bands[M + m0 + i];
+        off[i] = bands[2 * M + m0 + i] - w0;
     }
-    __syncthreads();
-    // element i = k nb + m of the [257, nb] slice, walked with running (k, m): no division
-    if (nb > 0) {
-        int k = threadIdx.x / nb, m = threadIdx.x % nb;
-        const int dk = blockDim.x / nb, dm = blockDim.x % nb;
-        while (k < 257) {
-            if (mel[k * M + m0 + m] != 0.0) {
-                atomicMin(&lo[m], k);
-                atomicMax(&hi[m], k + 1);
-            }
-            k += dk;
-            m += dm;
-            if (m >= nb) {
-                m -= nb;
-                k++;
-            }
-        }
+    if (in_shared) {
+        for (int i = threadIdx.x; i < nw; i += blockDim.x) wsh[i] = wts[w0 + i];
     }
+    const double* wb = in_shared ? wsh : wts + w0;
     // The block's rows [b0, b0 + RB), one after another (its set-up above is paid once); RB = 1
     // unless T = 1 (a step).
     const long b0 = (long)blockIdx.y * RB, b1 = min((long)B, b0 + RB);
@@ -427,15 +426,17 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
             for (int i = threadIdx.x; i < (two ? 2 : 1) * nb; i += blockDim.x) {
                 const int f = i >= nb, m = m0 + i - f * nb;
                 const double* re = pw[f];
+                const int k0 = lo[m - m0], k1 = hi[m - m0];
+                const double* w = wb + off[m - m0] - k0;  // w[k]: bin k's weight in band m
                 double acc = 0.0, part = 0.0;
-                int q = lo[m - m0] / MEL_BINS;
-                for (int k = lo[m - m0]; k < hi[m - m0]; k++) {
+                int q = k0 / MEL_BINS;
+                for (int k = k0; k < k1; k++) {
                     if (k / MEL_BINS != q) {  // the next fixed range: its partial sum starts at 0
                         acc += part;
                         part = 0.0;
                         q = k / MEL_BINS;
                     }
-                    part += re[k] * mel[k * M + m];
+                    part += re[k] * w[k];
                 }
                 acc += part;
                 out[(b * T + t + f) * M + m] = (float)log(acc + 1e-6);
@@ -445,15 +446,15 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
 }
 
 // grid (ceil(T / F) * G, ceil(B / RB))
-extern "C" __global__ void mamba_logmel(const float* audio, const double* mel, float* out, int T, int S,
-                                        int M, int G, int F, int B, int RB) {
-    logmel_rows<false>(audio, mel, out, nullptr, nullptr, T, S, M, G, F, 0, B, RB);
+extern "C" __global__ void mamba_logmel(const float* audio, const int* bands, const double* wts, float* out,
+                                        int T, int S, int M, int G, int F, int B, int RB) {
+    logmel_rows<false>(audio, bands, wts, out, nullptr, nullptr, T, S, M, G, F, 0, B, RB);
 }
 // grid (G, ceil(B / RB)) for one hop: audio [B, S = 160] after hist [B, H = 240]
-extern "C" __global__ void mamba_logmel_step(const float* audio, const double* mel, float* out,
-                                             const float* hist, float* hist_out, int T, int S, int M,
-                                             int G, int F, int H, int B, int RB) {
-    logmel_rows<true>(audio, mel, out, hist, hist_out, T, S, M, G, F, H, B, RB);
+extern "C" __global__ void mamba_logmel_step(const float* audio, const int* bands, const double* wts,
+                                             float* out, const float* hist, float* hist_out, int T, int S,
+                                             int M, int G, int F, int H, int B, int RB) {
+    logmel_rows<true>(audio, bands, wts, out, hist, hist_out, T, S, M, G, F, H, B, RB);
 }
 
 // ---------------------------------------------------------------------------------------------
