@@ -402,6 +402,20 @@ fn mix_entry(d: &LayerDims, sms: usize) -> Entry {
     }
 }
 
+/// Whether the three-launch path's projections (`layer_in*`, `layer_out*`) take one row per
+/// block (lowest latency) rather than 8 (the weights read once per 8 rows): while the batch fits
+/// the SMs. `MAMBATAG_LAYER_ROWS1=N` moves the bound to N rows (A/B timing only: both sum in the
+/// same order).
+fn one_row_projections(b: usize, sms: usize) -> bool {
+    static BOUND: OnceLock<Option<usize>> = OnceLock::new();
+    let bound = BOUND.get_or_init(|| {
+        std::env::var("MAMBATAG_LAYER_ROWS1")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    b <= bound.unwrap_or(sms)
+}
+
 /// Launches the kernels of `MambaLayer` (see kernels.cu): two (`mamba_dense1`,
 /// `layer_mixout1`) for small batches of shapes that fit them ([`fast_layer`]), else three: the
 /// projections one row per block while the batch fits the SMs (lowest latency), else 8 rows per
@@ -447,7 +461,7 @@ fn launch_layer(
             &[d.b, d.e, d.n, d.r, d.k, d.dm],
         );
     }
-    let small = d.b <= m.sms;
+    let small = one_row_projections(d.b, m.sms);
     let fmix = mix_entry(d, m.sms);
     let (rb_p, rb_m) = (
         if small { 1 } else { 8 },
@@ -593,9 +607,9 @@ fn band_table(mel: &[f64], m: usize) -> (Vec<i32>, Vec<f64>) {
     let mut hi = Vec::with_capacity(m);
     let mut off = Vec::with_capacity(m + 1);
     let mut wts = Vec::new();
+    let bins = mel.len() / m;
     for j in 0..m {
         let w = |k: usize| mel[k * m + j];
-        let bins = mel.len() / m;
         let first = (0..bins).find(|&k| w(k) != 0.0);
         let (l, h) = first.map_or((0, 0), |l| {
             let last = (l..bins).rev().find(|&k| w(k) != 0.0).unwrap_or(l);

@@ -226,7 +226,9 @@ extern "C" __global__ void __launch_bounds__(128, SSM_MIN_BLOCKS) mamba_ssm_r8n1
 // grid (ceil(T / F) * G, B), block 256
 #define MEL_PARTS 8
 #define MEL_BINS 33  // MEL_PARTS * MEL_BINS >= 257
-#define MEL_W 1024   // filterbank weights a block keeps in shared memory
+#ifndef MEL_W  // filterbank weights a block keeps in shared memory (-D MEL_W=0: none, a test build
+#define MEL_W 1024  // whose blocks all read them from global memory, as a larger filterbank's do)
+#endif
 __device__ double g_hann[400];
 __device__ double g_tc[512];  // tw[half + j] = exp(-pi i j / half), j < half: the stage of span
 __device__ double g_ts[512];  // `half` reads [half, 2 half), consecutive words for consecutive j
@@ -313,7 +315,7 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
     __shared__ int lo[256];
     __shared__ int hi[256];
     __shared__ int off[256];  // band's first weight, relative to the block's first (w0)
-    __shared__ double wsh[MEL_W];
+    __shared__ double wsh[MEL_W > 0 ? MEL_W : 1];
     const int tb = blockIdx.x / G, g = blockIdx.x % G;
     const int mb = (M + G - 1) / G, m0 = g * mb, m1 = min(M, m0 + mb), nb = max(0, m1 - m0);
     // the block's bands' weights: wts[w0 .. w0 + nw), in shared memory if they fit
