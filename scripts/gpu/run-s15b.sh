@@ -8,7 +8,7 @@
 # First the GPU tests (both step graphs) with two PTX variants: layer_mixh1 at 2 blocks per SM
 # (mixh2.ptx) and the log-mel reading its weights from global memory (melw0.ptx); the FP32 chunk
 # graph at 4,096 and 8,192 lanes (-> chunk.txt). Last, Nsight Compute: the FP32 chunk graph's
-# GPU time per kernel (-> ncu_chunk.txt) and layer_mixh1's sections at 256 streams.
+# GPU time per kernel (-> ncu_chunk.txt; NO_NCU=1 leaves it out).
 set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/gpu.txt
@@ -35,11 +35,7 @@ for r in 1 2; do
   } >> $OUT/ab.txt
 done
 NCU=/usr/local/cuda/bin/ncu
-timeout 150 $NCU --clock-control none --metrics gpu__time_duration.sum --csv \
+[ -n "${NO_NCU:-}" ] || timeout 150 $NCU --clock-control none --metrics gpu__time_duration.sum --csv \
   $B/mambatag bench --device cuda --model $M --streams 1 --steps 5 --min-steps 5 --chunk-streams 4096 --chunk-frames 250 > /tmp/chunk.csv 2>/tmp/chunk.err
-python3 scripts/gpu/ncu-summary.py /tmp/chunk.csv --grid > $OUT/ncu_chunk.txt
-timeout 150 $NCU --clock-control none -k regex:'layer_mixh1' --launch-skip 200 --launch-count 2 \
-  --section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats \
-  --section WarpStateStats --section MemoryWorkloadAnalysis --section SourceCounters \
-  $B/mambatag bench --device cuda --model $M --steps 30 --min-steps 30 --streams 256 > $OUT/ncu_mixh1.txt 2>&1
+[ -n "${NO_NCU:-}" ] || python3 scripts/gpu/ncu-summary.py /tmp/chunk.csv --grid > $OUT/ncu_chunk.txt
 tail -n 30 $OUT/ncu_chunk.txt; grep -h 'test result\|max abs' $OUT/gpu_tests_*.txt; grep chunk $OUT/chunk.txt; cat $OUT/ab.txt
