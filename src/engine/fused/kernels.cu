@@ -218,7 +218,7 @@ extern "C" __global__ void __launch_bounds__(128, SSM_MIN_BLOCKS) mamba_ssm_r8n1
 // are few (several SMs share the work of one frame). Each band sums its bins in MEL_PARTS fixed
 // ranges of MEL_BINS, added in order; the bins outside [lo, hi) have weight 0 and would add exact
 // zeros, so skipping them changes nothing and the result depends on neither F nor G.
-// The band table (made on the host from `mel [257, M]` once per op, cuda.rs `BandTable`):
+// The band table (made on the host from `mel [257, M]` once per op: cuda.rs `band_table`):
 //   bands [3M + 1] int: lo[M], then hi[M], then off[M + 1]; band m's weights for bins [lo, hi)
 //   are wts[off[m] .. off[m] + hi - lo) (interior zeros included), an empty band has lo = hi.
 // A block copies its bands' weights into shared memory when they fit (MEL_W), else reads them
