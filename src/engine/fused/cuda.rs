@@ -219,9 +219,10 @@ fn logmel_split(b: usize, t: usize, bands: usize, sms: usize) -> (usize, usize) 
 /// cost more than its frame's FFT while it scanned the whole filterbank (session 14's split):
 /// with fewer rows than SMs, G groups share a row's bands so that about 2 blocks per SM run
 /// (each repeats the row's FFT); from 2 rows per SM on, a block takes RB = ceil(b / SMs) rows
-/// (at most 8) one after another, so the set-up is paid once per RB rows. In between, one row
+/// (at most 2) one after another, so the set-up is paid once per RB rows. In between, one row
 /// per block: two blocks per SM run at once, and 2 rows per block measured slower at 256
-/// streams on an H100 (154.7 vs 147.4 us per step). `MAMBATAG_LOGMEL_G` / `MAMBATAG_LOGMEL_RB`
+/// streams on an H100 (154.7 vs 147.4 us per step). With the band table (session 15), 2 rows
+/// per block were 1–5 % faster than 4 and 8 at 512–1,024 streams and even at 4,096–10,240. `MAMBATAG_LOGMEL_G` / `MAMBATAG_LOGMEL_RB`
 /// override them (A/B timing only: a row's arithmetic is the same for any split).
 fn logmel_step_split(b: usize, bands: usize, sms: usize) -> (usize, usize) {
     let b = b.max(1);
@@ -230,7 +231,7 @@ fn logmel_step_split(b: usize, bands: usize, sms: usize) -> (usize, usize) {
     } else if b < 2 * sms {
         (1, 1)
     } else {
-        (1, b.div_ceil(sms).min(8))
+        (1, b.div_ceil(sms).min(2))
     };
     // read once per process, as the other A/B switches: this runs at every step's launch
     static FORCED: OnceLock<(Option<usize>, Option<usize>)> = OnceLock::new();
@@ -403,9 +404,11 @@ fn mix_entry(d: &LayerDims, sms: usize) -> Entry {
 }
 
 /// Whether the three-launch path's projections (`layer_in*`, `layer_out*`) take one row per
-/// block (lowest latency) rather than 8 (the weights read once per 8 rows): while the batch fits
-/// the SMs. `MAMBATAG_LAYER_ROWS1=N` moves the bound to N rows (A/B timing only: both sum in the
-/// same order).
+/// block (lowest latency) rather than 8 (the weights read once per 8 rows): up to half the SM
+/// count. H100, two rounds (BENCHMARKS.md, session 15): 8-row projections from 65 rows took
+/// 128 streams from 93–96 to 81–89 µs per step and 96 from 85–91 to 81–82; from 33 rows they
+/// lost 3–4 µs at 34. `MAMBATAG_LAYER_ROWS1=N` moves the bound to N rows (A/B timing only: both
+/// sum in the same order).
 fn one_row_projections(b: usize, sms: usize) -> bool {
     static BOUND: OnceLock<Option<usize>> = OnceLock::new();
     let bound = BOUND.get_or_init(|| {
@@ -413,12 +416,12 @@ fn one_row_projections(b: usize, sms: usize) -> bool {
             .ok()
             .and_then(|v| v.parse().ok())
     });
-    b <= bound.unwrap_or(sms)
+    b <= bound.unwrap_or(sms / 2)
 }
 
 /// Launches the kernels of `MambaLayer` (see kernels.cu): two (`mamba_dense1`,
 /// `layer_mixout1`) for small batches of shapes that fit them ([`fast_layer`]), else three: the
-/// projections one row per block while the batch fits the SMs (lowest latency), else 8 rows per
+/// projections one row per block up to half the SM count ([`one_row_projections`]), else 8 rows per
 /// block (the weights are then read once per block of rows), and the mix as [`mix_entry`]
 /// picks. All paths sum in the same order, so a row's scores do not depend on the path. `p`:
 /// the op's 14 input pointers, then its 5 outputs (x', conv', h', xz, y).
@@ -1058,8 +1061,8 @@ impl Drop for Stream {
 #[cfg(test)]
 mod tests {
     use super::{
-        band_table, fast_layer, logmel_split, logmel_step_split, mix_entry, ssm_shared_bytes,
-        Entry, LayerDims, SHARED_LIMIT,
+        band_table, fast_layer, logmel_split, logmel_step_split, mix_entry, one_row_projections,
+        ssm_shared_bytes, Entry, LayerDims, SHARED_LIMIT,
     };
 
     /// The band table gives every band exactly its filterbank column: each bin's weight, read
@@ -1216,8 +1219,10 @@ mod tests {
         assert_eq!(logmel_step_split(132, 64, sms), (1, 1));
         assert_eq!(logmel_step_split(256, 64, sms), (1, 1));
         assert_eq!(logmel_step_split(264, 64, sms), (1, 2));
-        assert_eq!(logmel_step_split(512, 64, sms), (1, 4));
-        assert_eq!(logmel_step_split(16_384, 64, sms), (1, 8));
+        assert_eq!(logmel_step_split(512, 64, sms), (1, 2));
+        // and the projections take 8 rows per block from half the SMs on
+        assert!(one_row_projections(66, sms) && !one_row_projections(67, sms));
+        assert_eq!(logmel_step_split(16_384, 64, sms), (1, 2));
         // never more groups than bands
         assert_eq!(logmel_step_split(1, 3, sms), (3, 1));
     }
