@@ -12,8 +12,9 @@
 set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/gpu.txt
-# layer_mixh1 with __launch_bounds__(256, 2) (128 registers, 2 blocks per SM; build-ptx.py -D
-# MIXH_MIN_BLOCKS=2 on the variant kernels.cu): the GPU tests on both step graphs with it first
+# layer_mixh1 with __launch_bounds__(256, 2) (128 registers, 2 blocks per SM; a copy of kernels.cu
+# whose MIXOUT_ENTRY takes the bound as a third argument, 2 for layer_mixh1, built with
+# build-ptx.py --src COPY --out mixh2.ptx): the GPU tests on both step graphs with it first
 unxz_to .gpubin/mixh2.ptx.xz $B/mixh2.ptx
 MAMBATAG_PTX=$B/mixh2.ptx gpu_tests layer fused
 # the log-mel kernels with no weights in shared memory (build-ptx.py -D MEL_W=0: every block
