@@ -236,10 +236,17 @@ fn logmel_step_split(b: usize, bands: usize, sms: usize) -> (usize, usize) {
     // read once per process, as the other A/B switches: this runs at every step's launch
     static FORCED: OnceLock<(Option<usize>, Option<usize>)> = OnceLock::new();
     let (fg, frb) = *FORCED.get_or_init(|| {
-        let var = |k: &str| std::env::var(k).ok().and_then(|v| v.parse().ok());
-        (var("MAMBATAG_LOGMEL_G"), var("MAMBATAG_LOGMEL_RB"))
+        (
+            env_usize("MAMBATAG_LOGMEL_G"),
+            env_usize("MAMBATAG_LOGMEL_RB"),
+        )
     });
     (fg.unwrap_or(g).min(bands).max(1), frb.unwrap_or(rb).max(1))
+}
+
+/// A kernel A/B switch's number from the environment (callers read it once, into a `OnceLock`).
+fn env_usize(var: &str) -> Option<usize> {
+    std::env::var(var).ok().and_then(|v| v.parse().ok())
 }
 
 /// Threads per block of the layer kernels, and their column tiles (`IN_COLS`, `OUT_COLS`).
@@ -411,11 +418,7 @@ fn mix_entry(d: &LayerDims, sms: usize) -> Entry {
 /// sum in the same order).
 fn one_row_projections(b: usize, sms: usize) -> bool {
     static BOUND: OnceLock<Option<usize>> = OnceLock::new();
-    let bound = BOUND.get_or_init(|| {
-        std::env::var("MAMBATAG_LAYER_ROWS1")
-            .ok()
-            .and_then(|v| v.parse().ok())
-    });
+    let bound = BOUND.get_or_init(|| env_usize("MAMBATAG_LAYER_ROWS1"));
     b <= bound.unwrap_or(sms / 2)
 }
 
