@@ -73,25 +73,17 @@ fn gpu_matches_cpu_over_10000_frames() {
     assert!(max <= 1e-3, "{max}");
 }
 
-#[test]
-#[ignore = "needs a GPU (--features cuda)"]
-fn gpu_slot_joining_mid_batch_scores_as_alone() {
-    let frames = 400;
-    let mut alone = load(Device::Cuda, 1);
-    let mut want = Vec::new();
+/// A stream that joins a batch of `others` streams mid-way (and idles for 10 of its rounds):
+/// the largest difference of its scores from the same audio alone, and the engine it ran in.
+fn joined_vs_alone(others: usize, want: &[Vec<f32>]) -> (f32, Engine, SlotTable) {
+    let frames = want.len();
     let mut buf = vec![0.0; 160];
-    for t in 0..frames {
-        hop_audio(t, 5, &mut buf);
-        alone.input_mut(0).copy_from_slice(&buf);
-        alone.run(&[true]).unwrap();
-        want.push(alone.scores(0).to_vec());
-    }
     let mut e = load(Device::Cuda, 1);
     let mut slots = SlotTable::new(1);
-    for id in 0..40 {
+    for id in 0..others as u64 {
         slots.join(&mut e, id).unwrap();
     }
-    assert_eq!(e.capacity(), 64);
+    assert_eq!(e.capacity(), others.next_power_of_two());
     let mut got = Vec::new();
     let mut t = 0;
     let mut round = 0;
@@ -99,7 +91,7 @@ fn gpu_slot_joining_mid_batch_scores_as_alone() {
         if round == 37 {
             slots.join(&mut e, 999).unwrap();
         }
-        for r in 0..40 {
+        for r in 0..others {
             hop_audio(round, r, e.input_mut(r));
         }
         let joined = slots.row_of(999);
@@ -122,13 +114,35 @@ fn gpu_slot_joining_mid_batch_scores_as_alone() {
         .zip(want.iter().flatten())
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    println!("joined-mid-batch vs alone on GPU: max abs difference {max:e} (batch 64 vs 1; cuBLAS may pick other kernels)");
-    assert!(max <= 1e-4, "{max}");
-    // Snapshot to host and restore into another row: same continuation.
-    let r = slots.row_of(999).unwrap();
-    let snap = e.snapshot_row(r).unwrap();
-    e.restore_row(0, &snap).unwrap();
-    assert_eq!(e.snapshot_row(0).unwrap(), snap);
+    (max, e, slots)
+}
+
+/// Joining a batch of 64 rows and one of 256 (on the layer graph, those run other kernels
+/// than one row alone: `layer_mixh1` below the SM count, `layer_mixh2` above it).
+#[test]
+#[ignore = "needs a GPU (--features cuda)"]
+fn gpu_slot_joining_mid_batch_scores_as_alone() {
+    let frames = 400;
+    let mut alone = load(Device::Cuda, 1);
+    let mut want = Vec::new();
+    let mut buf = vec![0.0; 160];
+    for t in 0..frames {
+        hop_audio(t, 5, &mut buf);
+        alone.input_mut(0).copy_from_slice(&buf);
+        alone.run(&[true]).unwrap();
+        want.push(alone.scores(0).to_vec());
+    }
+    for others in [40, 200] {
+        let (max, mut e, slots) = joined_vs_alone(others, &want);
+        let b = e.capacity();
+        println!("joined-mid-batch vs alone on GPU: max abs difference {max:e} (batch {b} vs 1; cuBLAS may pick other kernels)");
+        assert!(max <= 1e-4, "batch {b}: {max}");
+        // Snapshot to host and restore into another row: same continuation.
+        let r = slots.row_of(999).unwrap();
+        let snap = e.snapshot_row(r).unwrap();
+        e.restore_row(0, &snap).unwrap();
+        assert_eq!(e.snapshot_row(0).unwrap(), snap);
+    }
 }
 
 #[test]
@@ -159,8 +173,9 @@ fn gpu_batch_growth_mid_stream_matches_cpu() {
 }
 
 /// Under `--kernels auto` a GPU engine runs the layer step graph up to `LAYER_MAX_BATCH` rows
-/// and the fused step graph above: growing 16 → 1,024 rows mid-stream switches graphs with the
-/// state carried over, and every row still matches the CPU.
+/// and the fused step graph above: growing 16 → 256 → 1,024 rows mid-stream switches graphs
+/// with the state carried over, and every row still matches the CPU (256 rows: the layer
+/// graph's three launches with `layer_mixh2`).
 #[test]
 #[ignore = "needs a GPU (--features cuda)"]
 fn gpu_growth_past_the_layer_graph_batch_matches_cpu() {
@@ -170,14 +185,15 @@ fn gpu_growth_past_the_layer_graph_batch_matches_cpu() {
     let mut gpu = load(Device::Cuda, 16);
     let mut max = 0.0f32;
     for t in 0..150 {
-        if t == 60 {
-            cpu.resize(big).unwrap();
-            gpu.resize(big).unwrap();
+        if t == 40 || t == 90 {
+            let n = if t == 40 { 256 } else { big };
+            cpu.resize(n).unwrap();
+            gpu.resize(n).unwrap();
         }
         let adv = vec![true; cpu.capacity()];
         max = max.max(step_both(&mut cpu, &mut gpu, t, &adv));
     }
-    println!("batch growing 16 → {big} mid-stream (graph switch), GPU vs CPU: max abs difference {max:e}");
+    println!("batch growing 16 → 256 → {big} mid-stream (graph switch), GPU vs CPU: max abs difference {max:e}");
     assert!(max <= 1e-3, "{max}");
 }
 

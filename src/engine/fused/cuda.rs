@@ -168,9 +168,11 @@ enum Entry {
     LogMelStep,
     /// `layer_mixout1`'s mix alone, one row per block (the three-launch path's middle batches).
     MixH1,
+    /// `layer_mixh1` compiled for 2 blocks per SM (batches above the SM count).
+    MixH2,
 }
 
-const ENTRY_POINTS: [&std::ffi::CStr; 15] = [
+const ENTRY_POINTS: [&std::ffi::CStr; 16] = [
     c"mamba_conv",
     c"mamba_ssm",
     c"mamba_logmel",
@@ -186,6 +188,7 @@ const ENTRY_POINTS: [&std::ffi::CStr; 15] = [
     c"mamba_dense1",
     c"mamba_logmel_step",
     c"layer_mixh1",
+    c"layer_mixh2",
 ];
 
 /// Hops per shared-memory group of `mamba_ssm` (kernels.cu's `SSM_HOPS`).
@@ -392,17 +395,34 @@ fn fast_shapes(d: &LayerDims) -> bool {
         && d.dm <= 128
 }
 
-/// The mix kernel of the three-launch path: `layer_mixh1` (one row per block, every load
-/// issued first) up to 4 rows per SM for shapes that fit it, else `layer_mix1` (one row per
-/// block) while the batch fits the SMs and `layer_mix4` (4 rows per block) above. H100,
-/// 2026-12-07: `layer_mixh1` made the step 16 % faster at 64 streams and 25 % at 256, and 10 %
-/// slower than `layer_mix4` at 1,024. `MAMBATAG_LAYER_MIXH=0` turns it off (A/B timing only).
+/// The mix kernel of the three-launch path, for shapes that fit `layer_mixh1`'s register arrays:
+/// `layer_mixh1` (one row per block, every load issued first) while the batch fits the SMs in
+/// one wave, `layer_mixh2` (the same code for 2 blocks per SM) up to 4 rows per SM; past that,
+/// and for other shapes, `layer_mix1` (one row per block) while the batch fits the SMs and
+/// `layer_mix4` (4 rows per block) above. H100, 2026-12-07: `layer_mixh1` made the step 16 %
+/// faster at 64 streams and 25 % at 256, and 10 % slower than `layer_mix4` at 1,024;
+/// `layer_mixh2` (session 15's variant build) took 256 streams from 123 to 111 µs and 512 from
+/// 196–204 to 169–175, and was 2–5 % slower than `layer_mixh1` at 64–128.
+/// A/B timing only: `MAMBATAG_LAYER_MIXH=0` turns both off, `=1` leaves `layer_mixh2` out;
+/// `MAMBATAG_LAYER_MIXH_MAX=N` moves their upper bound to N rows. All sum in the same order.
 fn mix_entry(d: &LayerDims, sms: usize) -> Entry {
-    static OFF: OnceLock<bool> = OnceLock::new();
-    let off =
-        *OFF.get_or_init(|| std::env::var_os("MAMBATAG_LAYER_MIXH").is_some_and(|v| v == "0"));
-    if !off && fast_shapes(d) && d.b <= 4 * sms {
+    static MODE: OnceLock<(Option<usize>, Option<usize>)> = OnceLock::new();
+    let (mode, max) = *MODE.get_or_init(|| {
+        (
+            env_usize("MAMBATAG_LAYER_MIXH"),
+            env_usize("MAMBATAG_LAYER_MIXH_MAX"),
+        )
+    });
+    mix_entry_for(d, sms, mode, max)
+}
+
+/// [`mix_entry`]'s rule with its two A/B switches passed in (unit-tested without the environment).
+fn mix_entry_for(d: &LayerDims, sms: usize, mode: Option<usize>, max: Option<usize>) -> Entry {
+    let held = mode != Some(0) && fast_shapes(d) && d.b <= max.unwrap_or(4 * sms);
+    if held && (d.b <= sms || mode == Some(1)) {
         Entry::MixH1
+    } else if held {
+        Entry::MixH2
     } else if d.b <= sms {
         Entry::Mix1
     } else {
@@ -498,11 +518,11 @@ fn launch_layer(
         vec![q(0), q(3), q(4), q(13), q(17)],
         &[d.b, d.dm, 2 * d.e],
     )?;
-    if fmix == Entry::MixH1 {
+    if matches!(fmix, Entry::MixH1 | Entry::MixH2) {
         launch(
             ctx,
             m,
-            Entry::MixH1,
+            fmix,
             (1, d.b),
             t,
             0,
@@ -1064,8 +1084,8 @@ impl Drop for Stream {
 #[cfg(test)]
 mod tests {
     use super::{
-        band_table, fast_layer, logmel_split, logmel_step_split, mix_entry, one_row_projections,
-        ssm_shared_bytes, Entry, LayerDims, SHARED_LIMIT,
+        band_table, fast_layer, logmel_split, logmel_step_split, mix_entry_for,
+        one_row_projections, ssm_shared_bytes, Entry, LayerDims, SHARED_LIMIT,
     };
 
     /// The band table gives every band exactly its filterbank column: each bin's weight, read
@@ -1116,10 +1136,11 @@ mod tests {
         }
     }
 
-    /// Past the two-launch path, the middle batches mix with `layer_mixh1` (also in the GPU
-    /// suite: a 64-stream batch runs it) up to 4 rows per SM.
+    /// Past the two-launch path, the middle batches mix with `layer_mixh1` while they fit the
+    /// SMs in one wave and with `layer_mixh2` (2 blocks per SM) up to 4 rows per SM (also in
+    /// the GPU tests: 64 and 256 streams).
     #[test]
-    fn three_launch_path_mixes_with_mixh1_up_to_4_rows_per_sm() {
+    fn three_launch_path_mixes_with_mixh1_then_mixh2_up_to_4_rows_per_sm() {
         let d = |b, r| LayerDims {
             b,
             dm: 128,
@@ -1128,14 +1149,25 @@ mod tests {
             r,
             k: 4,
         };
-        for b in [34, 132, 133, 528] {
-            assert_eq!(mix_entry(&d(b, 8), 132), Entry::MixH1, "{b} rows");
+        let rule = |b, r| mix_entry_for(&d(b, r), 132, None, None);
+        for b in [34, 131, 132] {
+            assert_eq!(rule(b, 8), Entry::MixH1, "{b} rows");
         }
-        assert_eq!(mix_entry(&d(529, 8), 132), Entry::Mix4);
-        // a shape past mixh1's register arrays (dt_rank 17): one row per block while the batch
-        // fits the SMs, then 4
-        assert_eq!(mix_entry(&d(132, 17), 132), Entry::Mix1);
-        assert_eq!(mix_entry(&d(133, 17), 132), Entry::Mix4);
+        for b in [133, 264, 528] {
+            assert_eq!(rule(b, 8), Entry::MixH2, "{b} rows");
+        }
+        assert_eq!(rule(529, 8), Entry::Mix4);
+        // a shape past the mixh kernels' register arrays (dt_rank 17): one row per block while
+        // the batch fits the SMs, then 4
+        assert_eq!(rule(132, 17), Entry::Mix1);
+        assert_eq!(rule(133, 17), Entry::Mix4);
+        // the A/B switches: off, mixh1 only, another upper bound
+        let with = |b, mode, max| mix_entry_for(&d(b, 8), 132, mode, max);
+        assert_eq!(with(64, Some(0), None), Entry::Mix1);
+        assert_eq!(with(256, Some(0), None), Entry::Mix4);
+        assert_eq!(with(256, Some(1), None), Entry::MixH1);
+        assert_eq!(with(1024, None, Some(1024)), Entry::MixH2);
+        assert_eq!(with(1025, None, Some(1024)), Entry::Mix4);
     }
 
     /// The two-launch layer path is taken exactly where its kernels' register arrays hold the

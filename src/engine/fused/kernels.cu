@@ -462,7 +462,7 @@ extern "C" __global__ void mamba_logmel_step(const float* audio, const int* band
 // ---------------------------------------------------------------------------------------------
 // One whole residual Mamba block for one hop (`MambaLayer`, the layer step graph
 // `step-layer.onnx`), as three launches (small batches: two, `mamba_dense1` + `layer_mixout1`
-// at the end of this file; middle batches mix with `layer_mixh1`, also there):
+// at the end of this file; middle batches mix with `layer_mixh1` / `layer_mixh2`, also there):
 //   layer_in:  u = RMSNorm(x) * norm_w;  xz = u @ in_w                 [B, 2E]
 //   layer_mix: xc = SiLU(causal conv(xz[:, :E]) + conv_b)  (conv state [K-1, E])
 //              dbc = xc @ x_w;  y = MambaSsm(xc, z = xz[:, E:], dbc, ...)   [B, E]
@@ -891,8 +891,12 @@ __device__ __forceinline__ void mixout_row(
         x_out[b * Dm + j] = xres + v;
     }
 }
-#define MIXOUT_ENTRY(NAME, OUT)                                                                   \
-    extern "C" __global__ void __launch_bounds__(256) NAME(                                          \
+// The trailing arguments are the launch bounds. `layer_mixh1`'s (256 threads) let it take 182
+// registers (ptxas 13.0, sm_90): one block per SM, so a batch above the SM count runs in two
+// waves. `layer_mixh2` asks for 2 blocks per SM (128 registers, 8 bytes spilled): the same
+// code and sums for those batches.
+#define MIXOUT_ENTRY(NAME, OUT, ...)                                                              \
+    extern "C" __global__ void __launch_bounds__(__VA_ARGS__) NAME(                                  \
         const float* __restrict__ xz, const float* __restrict__ conv0, const float* __restrict__ h0,  \
         const float* __restrict__ conv_w, const float* __restrict__ conv_b,                          \
         const float* __restrict__ x_w, const float* __restrict__ dt_w, const float* __restrict__ dt_b, \
@@ -902,8 +906,9 @@ __device__ __forceinline__ void mixout_row(
         mixout_row<OUT>(xz, conv0, h0, conv_w, conv_b, x_w, dt_w, dt_b, A, Dskip, x, out_w, y_out,    \
                         conv1, h1, x_out, B, E, N, R, K, Dm);                                         \
     }
-MIXOUT_ENTRY(layer_mixout1, true)
-MIXOUT_ENTRY(layer_mixh1, false)
+MIXOUT_ENTRY(layer_mixout1, true, 256)
+MIXOUT_ENTRY(layer_mixh1, false, 256)
+MIXOUT_ENTRY(layer_mixh2, false, 256, 2)
 
 // One row of a small dense layer per block row, with the same up-front loads: `out = act(u @ w +
 // b)` for `u = x` or `u = RMSNorm(x) · norm_w` (norm_w not null); act = sigmoid when `sig`, b may

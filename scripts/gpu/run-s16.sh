@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Session 16's call (#5/#6): `layer_mixh2` (layer_mixh1's code at 2 blocks per SM) for the layer
+# graph's batches above the SM count. GPU tests on both step graphs (the slot-joining test now
+# also at 256 rows and the growth test through 256 rows, where layer_mixh2 runs), CLI parity, then
+# two rounds alternating: the step sweep with the new rule against `MAMBATAG_LAYER_MIXH=1`
+# (layer_mixh1 only: main before it) -> ab.txt; the layer graph past LAYER_MAX_BATCH with both
+# mixh kernels' bound lifted (`MAMBATAG_LAYER_MIXH_MAX`) against its layer_mix4 and the fused
+# graph; the PyTorch eager loop at the same N on random weights (-> torch.jsonl); FP32 chunk
+# throughput on the card that came (-> chunk.txt); Nsight Compute per launch at 256 and 512
+# streams (-> ncu.txt). Carry .gpu and .gpubin (mambatag, gputest); no safetensors needed.
+set -x
+source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/gpu.txt
+gpu_tests layer fused
+cli_parity "step_auto:--engine step --cuda-graph" "step_fused:--engine step --kernels fused" "chunk:"
+S=1,16,64,128,192,256,384,512,1024,4096,10240
+bench() { timeout 100 $B/mambatag bench --device cuda --cuda-graph --model $M --steps 1000 --min-steps 1000 "$@" 2>&1 | grep -E '^ +[0-9]+ '; }
+for r in 1 2; do
+  { echo "round $r: default (mixh1 <= SMs < mixh2 <= 4 SMs)"; bench --streams $S
+    echo "round $r: MAMBATAG_LAYER_MIXH=1 (mixh1 only, main before)"; MAMBATAG_LAYER_MIXH=1 bench --streams 128,192,256,384,512
+    echo "round $r: --kernels layer, default (mix4 above 4 SMs)"; bench --kernels layer --streams 1024,2048,4096
+    echo "round $r: --kernels layer, MAMBATAG_LAYER_MIXH_MAX=65535 (mixh2 at any batch)"; MAMBATAG_LAYER_MIXH_MAX=65535 bench --kernels layer --streams 1024,2048,4096
+    echo "round $r: --kernels fused"; bench --kernels fused --streams 1024,2048,4096
+  } >> $OUT/ab.txt
+done
+python3 -c "from models.weights import MambaConfig, init_weights, save_weights as s; c = MambaConfig(128, 4, labels=[f'c{i}' for i in range(8)]); s('/tmp/rand.safetensors', init_weights(c, seed=1), c)" &&
+  timeout 150 python3 -m models.bench_torch /tmp/rand.safetensors --streams $S --steps 60 > $OUT/torch.jsonl 2>&1
+{ timeout 90 $B/mambatag bench --device cuda --model $M --streams 1 --steps 100 --chunk-streams 4096,8192; } > $OUT/chunk.txt 2>&1
+NCU=/usr/local/cuda/bin/ncu
+for n in 256 512; do
+  timeout 100 $NCU --clock-control none --metrics gpu__time_duration.sum --csv --launch-skip 1150 --launch-count 300 \
+    $B/mambatag bench --device cuda --model $M --steps 30 --min-steps 30 --streams $n > /tmp/$n.csv 2>/tmp/$n.err
+  { echo "== $n streams"; python3 scripts/gpu/ncu-summary.py /tmp/$n.csv --grid; } >> $OUT/ncu.txt
+done
+tail -n 6 $OUT/gpu_tests_*.txt; cat $OUT/cli_parity.txt $OUT/ab.txt $OUT/chunk.txt $OUT/torch.jsonl
