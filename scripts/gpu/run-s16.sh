@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 16's call (#5/#6): `layer_mixh2` (layer_mixh1's code at 2 blocks per SM) for the layer
 # graph's batches above the SM count. GPU tests on both step graphs (the slot-joining test now
-# also at 256 rows and the growth test through 256 rows, where layer_mixh2 runs), CLI parity, then
+# also at 256 rows and the growth test through 256 rows, where layer_mixh2 runs; the layer graph
+# once more with layer_mixh2 at any batch), CLI parity, then
 # two rounds alternating: the step sweep with the new rule against `MAMBATAG_LAYER_MIXH=1`
 # (layer_mixh1 only: main before it) -> ab.txt; the layer graph past LAYER_MAX_BATCH with both
 # mixh kernels' bound lifted (`MAMBATAG_LAYER_MIXH_MAX`) against its layer_mix4 and the fused
@@ -12,6 +13,9 @@ set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/gpu.txt
 gpu_tests layer fused
+# the layer graph with layer_mixh2 at any batch (the growth test's 1,024 rows run it): appended
+{ echo "== MAMBATAG_LAYER_MIXH_MAX=65535"; MAMBATAG_LAYER_MIXH_MAX=65535 MAMBATAG_GPU_MODEL=$M MAMBATAG_GPU_CUDA_GRAPH=1 \
+  MAMBATAG_GPU_KERNELS=layer timeout 150 $B/gputest --ignored --nocapture --test-threads 1; } >> $OUT/gpu_tests_layer.txt 2>&1
 cli_parity "step_auto:--engine step --cuda-graph" "step_fused:--engine step --kernels fused" "chunk:"
 S=1,16,64,128,192,256,384,512,1024,4096,10240
 bench() { timeout 100 $B/mambatag bench --device cuda --cuda-graph --model $M --steps 1000 --min-steps 1000 "$@" 2>&1 | grep -E '^ +[0-9]+ '; }
