@@ -170,9 +170,12 @@ enum Entry {
     MixH1,
     /// `layer_mixh1` compiled for 2 blocks per SM (batches above the SM count).
     MixH2,
+    /// `MambaLayer`'s projections with 16 rows per block.
+    In16,
+    Out16,
 }
 
-const ENTRY_POINTS: [&std::ffi::CStr; 16] = [
+const ENTRY_POINTS: [&std::ffi::CStr; 18] = [
     c"mamba_conv",
     c"mamba_ssm",
     c"mamba_logmel",
@@ -189,6 +192,8 @@ const ENTRY_POINTS: [&std::ffi::CStr; 16] = [
     c"mamba_logmel_step",
     c"layer_mixh1",
     c"layer_mixh2",
+    c"layer_in16",
+    c"layer_out16",
 ];
 
 /// Hops per shared-memory group of `mamba_ssm` (kernels.cu's `SSM_HOPS`).
@@ -430,22 +435,38 @@ fn mix_entry_for(d: &LayerDims, sms: usize, mode: Option<usize>, max: Option<usi
     }
 }
 
-/// Whether the three-launch path's projections (`layer_in*`, `layer_out*`) take one row per
-/// block (lowest latency) rather than 8 (the weights read once per 8 rows): up to half the SM
-/// count. H100, two rounds (BENCHMARKS.md, session 15): 8-row projections from 65 rows took
-/// 128 streams from 93–96 to 81–89 µs per step and 96 from 85–91 to 81–82; from 33 rows they
-/// lost 3–4 µs at 34. `MAMBATAG_LAYER_ROWS1=N` moves the bound to N rows (A/B timing only: both
-/// sum in the same order).
-fn one_row_projections(b: usize, sms: usize) -> bool {
-    static BOUND: OnceLock<Option<usize>> = OnceLock::new();
-    let bound = BOUND.get_or_init(|| env_usize("MAMBATAG_LAYER_ROWS1"));
-    b <= bound.unwrap_or(sms / 2)
+/// Rows per block of the three-launch path's projections (`layer_in*`, `layer_out*`): one (lowest
+/// latency) up to half the SM count, else 8 (the weights are read once per 8 rows). H100, two
+/// rounds (BENCHMARKS.md, session 15): 8-row projections from 65 rows took 128 streams from
+/// 93–96 to 81–89 µs per step and 96 from 85–91 to 81–82; from 33 rows they lost 3–4 µs at 34.
+/// A/B timing only (every choice sums in the same order): `MAMBATAG_LAYER_ROWS1=N` moves the
+/// one-row bound to N rows, `MAMBATAG_LAYER_ROWS16=N` takes 16 rows per block above N rows.
+fn projection_rows(b: usize, sms: usize) -> usize {
+    static BOUNDS: OnceLock<(Option<usize>, Option<usize>)> = OnceLock::new();
+    let (one, sixteen) = *BOUNDS.get_or_init(|| {
+        (
+            env_usize("MAMBATAG_LAYER_ROWS1"),
+            env_usize("MAMBATAG_LAYER_ROWS16"),
+        )
+    });
+    projection_rows_for(b, sms, one, sixteen)
+}
+
+/// [`projection_rows`]' rule with its two A/B switches passed in.
+fn projection_rows_for(b: usize, sms: usize, one: Option<usize>, sixteen: Option<usize>) -> usize {
+    if b <= one.unwrap_or(sms / 2) {
+        1
+    } else if sixteen.is_some_and(|n| b > n) {
+        16
+    } else {
+        8
+    }
 }
 
 /// Launches the kernels of `MambaLayer` (see kernels.cu): two (`mamba_dense1`,
 /// `layer_mixout1`) for small batches of shapes that fit them ([`fast_layer`]), else three: the
-/// projections one row per block up to half the SM count ([`one_row_projections`]), else 8 rows per
-/// block (the weights are then read once per block of rows), and the mix as [`mix_entry`]
+/// projections with [`projection_rows`] rows per block (the weights are read once per block of
+/// rows), and the mix as [`mix_entry`]
 /// picks. All paths sum in the same order, so a row's scores do not depend on the path. `p`:
 /// the op's 14 input pointers, then its 5 outputs (x', conv', h', xz, y).
 fn launch_layer(
@@ -487,20 +508,19 @@ fn launch_layer(
             &[d.b, d.e, d.n, d.r, d.k, d.dm],
         );
     }
-    let small = one_row_projections(d.b, m.sms);
+    let rb_p = projection_rows(d.b, m.sms);
     let fmix = mix_entry(d, m.sms);
-    let (rb_p, rb_m) = (
-        if small { 1 } else { 8 },
-        if fmix == Entry::Mix4 { 4 } else { 1 },
-    );
-    let (fin, fout) = if small {
-        (Entry::In1, Entry::Out1)
-    } else {
-        (Entry::In8, Entry::Out8)
+    let rb_m = if fmix == Entry::Mix4 { 4 } else { 1 };
+    let (fin, fout) = match rb_p {
+        1 => (Entry::In1, Entry::Out1),
+        8 => (Entry::In8, Entry::Out8),
+        _ => (Entry::In16, Entry::Out16),
     };
     let t = LAYER_THREADS;
     let mix_shared = 4 * (rb_m * (d.e + w) + t as usize * rb_m);
-    if mix_shared > SHARED_LIMIT || 4 * rb_p * d.e.max(d.dm) > SHARED_LIMIT {
+    // the projections' dynamic rows plus their static partial sums (kernels.cu: 4 * RB * IN_COLS
+    // and 8 * RB * OUT_COLS floats, 1 KB per row either way)
+    if mix_shared > SHARED_LIMIT || 4 * rb_p * d.e.max(d.dm) + 1024 * rb_p > SHARED_LIMIT {
         return Err(err(format!(
             "MambaLayer (CUDA): d_model {} / d_inner {} need more than {SHARED_LIMIT} bytes of \
              shared memory per block (use the step-fused graph: --kernels fused)",
@@ -1085,7 +1105,7 @@ impl Drop for Stream {
 mod tests {
     use super::{
         band_table, fast_layer, logmel_split, logmel_step_split, mix_entry_for,
-        one_row_projections, ssm_shared_bytes, Entry, LayerDims, SHARED_LIMIT,
+        projection_rows_for, ssm_shared_bytes, Entry, LayerDims, SHARED_LIMIT,
     };
 
     /// The band table gives every band exactly its filterbank column: each bin's weight, read
@@ -1255,8 +1275,14 @@ mod tests {
         assert_eq!(logmel_step_split(256, 64, sms), (1, 1));
         assert_eq!(logmel_step_split(264, 64, sms), (1, 2));
         assert_eq!(logmel_step_split(512, 64, sms), (1, 2));
-        // and the projections take 8 rows per block from half the SMs on
-        assert!(one_row_projections(66, sms) && !one_row_projections(67, sms));
+        // and the projections take 8 rows per block from half the SMs on (16 only when asked)
+        let rows = |b, sixteen| projection_rows_for(b, sms, None, sixteen);
+        assert_eq!(
+            (rows(66, None), rows(67, None), rows(16_384, None)),
+            (1, 8, 8)
+        );
+        assert_eq!((rows(264, Some(264)), rows(265, Some(264))), (8, 16));
+        assert_eq!(projection_rows_for(100, sms, Some(128), Some(64)), 1);
         assert_eq!(logmel_step_split(16_384, 64, sms), (1, 2));
         // never more groups than bands
         assert_eq!(logmel_step_split(1, 3, sms), (3, 1));

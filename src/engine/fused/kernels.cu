@@ -740,6 +740,10 @@ extern "C" __global__ void layer_in8(const float* x, const float* norm_w, const 
                                      float* xz, int B, int Dm, int E2) {
     layer_in_rows<8>(x, norm_w, in_w, eps_p, xz, B, Dm, E2);
 }
+extern "C" __global__ void layer_in16(const float* x, const float* norm_w, const float* in_w, const float* eps_p,
+                                      float* xz, int B, int Dm, int E2) {
+    layer_in_rows<16>(x, norm_w, in_w, eps_p, xz, B, Dm, E2);
+}
 extern "C" __global__ void layer_out1(const float* x, const float* y, const float* out_w, float* x_out,
                                       int B, int Dm, int E) {
     layer_out_rows<1>(x, y, out_w, x_out, B, Dm, E);
@@ -747,6 +751,10 @@ extern "C" __global__ void layer_out1(const float* x, const float* y, const floa
 extern "C" __global__ void layer_out8(const float* x, const float* y, const float* out_w, float* x_out,
                                       int B, int Dm, int E) {
     layer_out_rows<8>(x, y, out_w, x_out, B, Dm, E);
+}
+extern "C" __global__ void layer_out16(const float* x, const float* y, const float* out_w, float* x_out,
+                                       int B, int Dm, int E) {
+    layer_out_rows<16>(x, y, out_w, x_out, B, Dm, E);
 }
 #define MIX_ENTRY(NAME, RB)                                                                       \
     extern "C" __global__ void NAME(const float* xz, const float* conv0, const float* h0,         \

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Session 16's second call (#5/#6): 16-row projections (`layer_in16` / `layer_out16`, asked for
+# with MAMBATAG_LAYER_ROWS16=N: 16 rows per block above N rows; off by default) against the
+# 8-row ones at 192-512 streams and on the layer graph at 1,024-2,048 (against the fused graph
+# too), two rounds alternating (-> ab.txt). First the layer graph's GPU tests with 16-row
+# projections from 129 rows (the slot-joining test's 256-row batch and the growth test's 256
+# and 1,024 rows run them), and by default. #6: FP32 chunk graph at 4,096-16,384 lanes x 250
+# and 500 frames on whatever card came (-> chunk.txt). The PyTorch loop at the same N on random
+# weights (-> torch.jsonl). Carry .gpu and .gpubin (mambatag, gputest).
+set -x
+source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/gpu.txt
+for v in 128 none; do
+  { echo "== MAMBATAG_LAYER_ROWS16=$v"; [ $v = none ] && unset MAMBATAG_LAYER_ROWS16 || export MAMBATAG_LAYER_ROWS16=$v
+    MAMBATAG_GPU_MODEL=$M MAMBATAG_GPU_CUDA_GRAPH=1 MAMBATAG_GPU_KERNELS=layer timeout 150 $B/gputest --ignored --nocapture --test-threads 1; } >> $OUT/gpu_tests_layer.txt 2>&1
+done
+unset MAMBATAG_LAYER_ROWS16
+bench() { timeout 100 $B/mambatag bench --device cuda --cuda-graph --model $M --steps 1000 --min-steps 1000 "$@" 2>&1 | grep -E '^ +[0-9]+ '; }
+for r in 1 2; do
+  { echo "round $r: default (8-row projections)"; bench --streams 1,128,192,256,384,512,1024,4096,10240
+    echo "round $r: MAMBATAG_LAYER_ROWS16=132"; MAMBATAG_LAYER_ROWS16=132 bench --streams 192,256,384,512
+    echo "round $r: MAMBATAG_LAYER_ROWS16=264"; MAMBATAG_LAYER_ROWS16=264 bench --streams 384,512
+    echo "round $r: --kernels layer, default"; bench --kernels layer --streams 1024,2048
+    echo "round $r: --kernels layer, MAMBATAG_LAYER_ROWS16=264"; MAMBATAG_LAYER_ROWS16=264 bench --kernels layer --streams 1024,2048
+    echo "round $r: --kernels fused"; bench --kernels fused --streams 1024,2048
+  } >> $OUT/ab.txt
+done
+{ timeout 100 $B/mambatag bench --device cuda --model $M --streams 1 --steps 100 --chunk-streams 4096,8192,16384
+  timeout 100 $B/mambatag bench --device cuda --model $M --streams 1 --steps 100 --chunk-streams 8192,16384 --chunk-frames 500; } 2>&1 | grep -E "chunk|model" > $OUT/chunk.txt
+python3 -c "from models.weights import MambaConfig, init_weights, save_weights as s; c = MambaConfig(128, 4, labels=[f'c{i}' for i in range(8)]); s('/tmp/rand.safetensors', init_weights(c, seed=1), c)" &&
+  timeout 120 python3 -m models.bench_torch /tmp/rand.safetensors --streams 1,128,192,256,384,512,1024,4096,10240 --steps 60 > $OUT/torch.jsonl 2>&1
+grep -E "^==|test result|difference" $OUT/gpu_tests_layer.txt; cat $OUT/ab.txt $OUT/chunk.txt $OUT/torch.jsonl
