@@ -405,9 +405,12 @@ fn fast_shapes(d: &LayerDims) -> bool {
 /// one wave, `layer_mixh2` (the same code for 2 blocks per SM) up to 4 rows per SM; past that,
 /// and for other shapes, `layer_mix1` (one row per block) while the batch fits the SMs and
 /// `layer_mix4` (4 rows per block) above. H100, 2026-12-07: `layer_mixh1` made the step 16 %
-/// faster at 64 streams and 25 % at 256, and 10 % slower than `layer_mix4` at 1,024;
-/// `layer_mixh2` (session 15's variant build) took 256 streams from 123 to 111 µs and 512 from
-/// 196–204 to 169–175, and was 2–5 % slower than `layer_mixh1` at 64–128.
+/// faster at 64 streams and 25 % at 256, and 10 % slower than `layer_mix4` at 1,024. H200,
+/// 2026-12-07, two rounds: `layer_mixh2` took 192 streams from 112–117 to 99–101 µs per step,
+/// 256 from 118–123 to 110–113 and 512 from 187–195 to 166–169 (on session 15's H100 it was
+/// 2–5 % slower than `layer_mixh1` at 64–128 rows, so it starts above the SM count); at 1,024–
+/// 4,096 rows of the layer graph it was no faster than `layer_mix4` (and the fused graph runs
+/// there).
 /// A/B timing only: `MAMBATAG_LAYER_MIXH=0` turns both off, `=1` leaves `layer_mixh2` out;
 /// `MAMBATAG_LAYER_MIXH_MAX=N` moves their upper bound to N rows. All sum in the same order.
 fn mix_entry(d: &LayerDims, sms: usize) -> Entry {
@@ -466,9 +469,9 @@ fn projection_rows_for(b: usize, sms: usize, one: Option<usize>, sixteen: Option
 /// Launches the kernels of `MambaLayer` (see kernels.cu): two (`mamba_dense1`,
 /// `layer_mixout1`) for small batches of shapes that fit them ([`fast_layer`]), else three: the
 /// projections with [`projection_rows`] rows per block (the weights are read once per block of
-/// rows), and the mix as [`mix_entry`]
-/// picks. All paths sum in the same order, so a row's scores do not depend on the path. `p`:
-/// the op's 14 input pointers, then its 5 outputs (x', conv', h', xz, y).
+/// rows), and the mix as [`mix_entry`] picks. All paths sum in the same order, so a row's scores
+/// do not depend on the path. `p`: the op's 14 input pointers, then its 5 outputs (x', conv',
+/// h', xz, y).
 fn launch_layer(
     ctx: &ComputeContext,
     m: &Module,
