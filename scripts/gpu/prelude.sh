@@ -38,3 +38,23 @@ chunk_benches() {
   timeout 60 $B/mambatag bench --device cuda --model $M --streams 1 --steps 400 --chunk-streams 1,1024,4096 > $OUT/chunk_fp32.txt 2>&1
   timeout 90 $B/mambatag bench --device cuda --tf32 --model $M --streams 1 --steps 400 --chunk-streams ${TF32_LANES:-1024,4096,8192} --chunk-frames 1000 > $OUT/chunk_tf32.txt 2>&1
 }
+
+# ncu_launches N...: Nsight Compute GPU time per launch of the step at N streams (300 launches
+# after the first 1,150, CUDA graphs off so that every kernel is seen) -> $OUT/ncu.txt
+ncu_launches() {
+  local n
+  for n in "$@"; do
+    timeout 100 /usr/local/cuda/bin/ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+      --launch-skip 1150 --launch-count 300 \
+      $B/mambatag bench --device cuda --model $M --steps 30 --min-steps 30 --streams $n > /tmp/$n.csv 2>/tmp/$n.err
+    { echo "== $n streams"; python3 scripts/gpu/ncu-summary.py /tmp/$n.csv --grid; } >> $OUT/ncu.txt
+  done
+}
+
+# torch_loop STREAMS: the PyTorch eager step loop (models.bench_torch) at the comma-separated N,
+# on random weights of the default model's shape (its speed does not depend on their values, so
+# the safetensors may stay home) -> $OUT/torch.jsonl
+torch_loop() {
+  python3 -c "from models.weights import MambaConfig, init_weights, save_weights as s; c = MambaConfig(128, 4, labels=[f'c{i}' for i in range(8)]); s('/tmp/rand.safetensors', init_weights(c, seed=1), c)" &&
+    timeout 150 python3 -m models.bench_torch /tmp/rand.safetensors --streams "$1" --steps 60 > $OUT/torch.jsonl 2>&1
+}

@@ -27,13 +27,7 @@ for r in 1 2; do
     echo "round $r: --kernels fused"; bench --kernels fused --streams 1024,2048,4096
   } >> $OUT/ab.txt
 done
-python3 -c "from models.weights import MambaConfig, init_weights, save_weights as s; c = MambaConfig(128, 4, labels=[f'c{i}' for i in range(8)]); s('/tmp/rand.safetensors', init_weights(c, seed=1), c)" &&
-  timeout 150 python3 -m models.bench_torch /tmp/rand.safetensors --streams $S --steps 60 > $OUT/torch.jsonl 2>&1
+torch_loop $S
 { timeout 90 $B/mambatag bench --device cuda --model $M --streams 1 --steps 100 --chunk-streams 4096,8192; } > $OUT/chunk.txt 2>&1
-NCU=/usr/local/cuda/bin/ncu
-for n in 256 512; do
-  timeout 100 $NCU --clock-control none --metrics gpu__time_duration.sum --csv --launch-skip 1150 --launch-count 300 \
-    $B/mambatag bench --device cuda --model $M --steps 30 --min-steps 30 --streams $n > /tmp/$n.csv 2>/tmp/$n.err
-  { echo "== $n streams"; python3 scripts/gpu/ncu-summary.py /tmp/$n.csv --grid; } >> $OUT/ncu.txt
-done
+ncu_launches 256 512
 tail -n 6 $OUT/gpu_tests_*.txt; cat $OUT/cli_parity.txt $OUT/ab.txt $OUT/chunk.txt $OUT/torch.jsonl

@@ -27,6 +27,5 @@ for r in 1 2; do
 done
 { timeout 100 $B/mambatag bench --device cuda --model $M --streams 1 --steps 100 --chunk-streams 4096,8192,16384
   timeout 100 $B/mambatag bench --device cuda --model $M --streams 1 --steps 100 --chunk-streams 8192,16384 --chunk-frames 500; } 2>&1 | grep -E "chunk|model" > $OUT/chunk.txt
-python3 -c "from models.weights import MambaConfig, init_weights, save_weights as s; c = MambaConfig(128, 4, labels=[f'c{i}' for i in range(8)]); s('/tmp/rand.safetensors', init_weights(c, seed=1), c)" &&
-  timeout 120 python3 -m models.bench_torch /tmp/rand.safetensors --streams 1,128,192,256,384,512,1024,4096,10240 --steps 60 > $OUT/torch.jsonl 2>&1
+torch_loop 1,128,192,256,384,512,1024,4096,10240
 grep -E "^==|test result|difference" $OUT/gpu_tests_layer.txt; cat $OUT/ab.txt $OUT/chunk.txt $OUT/torch.jsonl

@@ -14,7 +14,6 @@ cli_parity "step_auto:--engine step --cuda-graph" "step_fused:--engine step --ke
 [ "${QUICK:-0}" = 1 ] && { tail -n 12 $OUT/gpu_tests_*.txt $OUT/cli_parity.txt; exit 0; }
 chunk_benches
 timeout 150 $B/mambatag bench --device cuda --cuda-graph --model $M --streams $S --steps 2000 --min-steps 2000 > $OUT/bench_auto.txt 2>&1
-python3 -c "from models.weights import MambaConfig, init_weights, save_weights as s; c = MambaConfig(128, 4, labels=[f'c{i}' for i in range(8)]); s('/tmp/rand.safetensors', init_weights(c, seed=1), c)" &&
-  timeout 150 python3 -m models.bench_torch /tmp/rand.safetensors --streams $S --steps 60 > $OUT/torch.jsonl 2>&1
+torch_loop $S
 tail -n 12 $OUT/gpu_tests_*.txt $OUT/cli_parity.txt
 tail -n 20 $OUT/chunk_*.txt $OUT/bench_auto.txt; cat $OUT/torch.jsonl
