@@ -469,8 +469,9 @@ extern "C" __global__ void mamba_logmel_step(const float* audio, const int* band
 //   layer_out: x' = x + y @ out_w                                      [B, D]
 // (xz and y are outputs of the op, so ONNX Runtime owns that memory.) The projections are
 // spread over many blocks (column tiles), so at batch 1 the weights are read by many SMs at
-// once instead of one. Each kernel takes RB rows per block: RB = 1 while the batch fits the
-// SMs (lowest latency), more for large batches (the weights are read once per RB rows). A row's
+// once instead of one. Each kernel takes RB rows per block: RB = 1 for small batches (lowest
+// latency), 8 or 16 for larger ones (the weights are read once per RB rows; cuda.rs
+// `projection_rows` picks). A row's
 // arithmetic and rounding are the same whatever RB is, so a stream's scores do not depend on
 // the batch it is in.
 
