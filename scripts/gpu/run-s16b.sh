@@ -6,7 +6,9 @@
 # projections from 129 rows (the slot-joining test's 256-row batch and the growth test's 256
 # and 1,024 rows run them), and by default. #6: FP32 chunk graph at 4,096-16,384 lanes x 250
 # and 500 frames on whatever card came (-> chunk.txt). The PyTorch loop at the same N on random
-# weights (-> torch.jsonl). Carry .gpu and .gpubin (mambatag, gputest).
+# weights (-> torch.jsonl). Nsight Compute's occupancy, scheduler and warp-state sections of
+# layer_mixh2 and layer_in8 at 512 streams (-> ncu_512.txt). Carry .gpu and .gpubin (mambatag,
+# gputest).
 set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/gpu.txt
@@ -28,4 +30,10 @@ done
 { timeout 100 $B/mambatag bench --device cuda --model $M --streams 1 --steps 100 --chunk-streams 4096,8192,16384
   timeout 100 $B/mambatag bench --device cuda --model $M --streams 1 --steps 100 --chunk-streams 8192,16384 --chunk-frames 500; } 2>&1 | grep -E "chunk|model" > $OUT/chunk.txt
 torch_loop 1,128,192,256,384,512,1024,4096,10240
+# where a 512-stream step's mix and in_proj wait (Nsight Compute sections of one step's
+# layer_mixh2 / layer_in8 launches; NO_NCU=1 leaves it out) -> ncu_512.txt
+[ -n "${NO_NCU:-}" ] || timeout 150 /usr/local/cuda/bin/ncu --clock-control none -k regex:'layer_in8|layer_mixh2' \
+  --launch-skip 200 --launch-count 8 --section SpeedOfLight --section Occupancy --section LaunchStats \
+  --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+  $B/mambatag bench --device cuda --model $M --steps 30 --min-steps 30 --streams 512 > $OUT/ncu_512.txt 2>&1
 grep -E "^==|test result|difference" $OUT/gpu_tests_layer.txt; cat $OUT/ab.txt $OUT/chunk.txt $OUT/torch.jsonl
