@@ -18,7 +18,7 @@ for v in 128 none; do
 done
 unset MAMBATAG_LAYER_ROWS16
 bench() { timeout 100 $B/mambatag bench --device cuda --cuda-graph --model $M --steps 1000 --min-steps 1000 "$@" 2>&1 | grep -E '^ +[0-9]+ '; }
-for r in 1 2; do
+for r in $(seq ${ROUNDS:-2}); do
   { echo "round $r: default (8-row projections)"; bench --streams 1,128,192,256,384,512,1024,4096,10240
     echo "round $r: MAMBATAG_LAYER_ROWS16=132"; MAMBATAG_LAYER_ROWS16=132 bench --streams 192,256,384,512
     echo "round $r: MAMBATAG_LAYER_ROWS16=264"; MAMBATAG_LAYER_ROWS16=264 bench --streams 384,512

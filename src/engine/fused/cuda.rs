@@ -170,12 +170,9 @@ enum Entry {
     MixH1,
     /// `layer_mixh1` compiled for 2 blocks per SM (batches above the SM count).
     MixH2,
-    /// `MambaLayer`'s projections with 16 rows per block.
-    In16,
-    Out16,
 }
 
-const ENTRY_POINTS: [&std::ffi::CStr; 18] = [
+const ENTRY_POINTS: [&std::ffi::CStr; 16] = [
     c"mamba_conv",
     c"mamba_ssm",
     c"mamba_logmel",
@@ -192,8 +189,6 @@ const ENTRY_POINTS: [&std::ffi::CStr; 18] = [
     c"mamba_logmel_step",
     c"layer_mixh1",
     c"layer_mixh2",
-    c"layer_in16",
-    c"layer_out16",
 ];
 
 /// Hops per shared-memory group of `mamba_ssm` (kernels.cu's `SSM_HOPS`).
@@ -442,25 +437,20 @@ fn mix_entry_for(d: &LayerDims, sms: usize, mode: Option<usize>, max: Option<usi
 /// latency) up to half the SM count, else 8 (the weights are read once per 8 rows). H100, two
 /// rounds (BENCHMARKS.md, session 15): 8-row projections from 65 rows took 128 streams from
 /// 93–96 to 81–89 µs per step and 96 from 85–91 to 81–82; from 33 rows they lost 3–4 µs at 34.
-/// A/B timing only (every choice sums in the same order): `MAMBATAG_LAYER_ROWS1=N` moves the
-/// one-row bound to N rows, `MAMBATAG_LAYER_ROWS16=N` takes 16 rows per block above N rows.
+/// 16 rows per block (one wave at 512 streams where 8 take two) were 10–23 % slower at 192–512
+/// streams and 1–3 % at 1,024–2,048 (H100, session 16) and were removed.
+/// `MAMBATAG_LAYER_ROWS1=N` moves the one-row bound to N rows (A/B timing only: both sum in the
+/// same order).
 fn projection_rows(b: usize, sms: usize) -> usize {
-    static BOUNDS: OnceLock<(Option<usize>, Option<usize>)> = OnceLock::new();
-    let (one, sixteen) = *BOUNDS.get_or_init(|| {
-        (
-            env_usize("MAMBATAG_LAYER_ROWS1"),
-            env_usize("MAMBATAG_LAYER_ROWS16"),
-        )
-    });
-    projection_rows_for(b, sms, one, sixteen)
+    static BOUND: OnceLock<Option<usize>> = OnceLock::new();
+    let bound = *BOUND.get_or_init(|| env_usize("MAMBATAG_LAYER_ROWS1"));
+    projection_rows_for(b, sms, bound)
 }
 
-/// [`projection_rows`]' rule with its two A/B switches passed in.
-fn projection_rows_for(b: usize, sms: usize, one: Option<usize>, sixteen: Option<usize>) -> usize {
+/// [`projection_rows`]' rule with its A/B switch passed in.
+fn projection_rows_for(b: usize, sms: usize, one: Option<usize>) -> usize {
     if b <= one.unwrap_or(sms / 2) {
         1
-    } else if sixteen.is_some_and(|n| b > n) {
-        16
     } else {
         8
     }
@@ -514,10 +504,10 @@ fn launch_layer(
     let rb_p = projection_rows(d.b, m.sms);
     let fmix = mix_entry(d, m.sms);
     let rb_m = if fmix == Entry::Mix4 { 4 } else { 1 };
-    let (fin, fout) = match rb_p {
-        1 => (Entry::In1, Entry::Out1),
-        8 => (Entry::In8, Entry::Out8),
-        _ => (Entry::In16, Entry::Out16),
+    let (fin, fout) = if rb_p == 1 {
+        (Entry::In1, Entry::Out1)
+    } else {
+        (Entry::In8, Entry::Out8)
     };
     let t = LAYER_THREADS;
     let mix_shared = 4 * (rb_m * (d.e + w) + t as usize * rb_m);
@@ -1278,14 +1268,10 @@ mod tests {
         assert_eq!(logmel_step_split(256, 64, sms), (1, 1));
         assert_eq!(logmel_step_split(264, 64, sms), (1, 2));
         assert_eq!(logmel_step_split(512, 64, sms), (1, 2));
-        // and the projections take 8 rows per block from half the SMs on (16 only when asked)
-        let rows = |b, sixteen| projection_rows_for(b, sms, None, sixteen);
-        assert_eq!(
-            (rows(66, None), rows(67, None), rows(16_384, None)),
-            (1, 8, 8)
-        );
-        assert_eq!((rows(264, Some(264)), rows(265, Some(264))), (8, 16));
-        assert_eq!(projection_rows_for(100, sms, Some(128), Some(64)), 1);
+        // and the projections take 8 rows per block from half the SMs on
+        let rows = |b| projection_rows_for(b, sms, None);
+        assert_eq!((rows(66), rows(67), rows(16_384)), (1, 8, 8));
+        assert_eq!(projection_rows_for(128, sms, Some(128)), 1);
         assert_eq!(logmel_step_split(16_384, 64, sms), (1, 2));
         // never more groups than bands
         assert_eq!(logmel_step_split(1, 3, sms), (3, 1));

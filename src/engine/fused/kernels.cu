@@ -470,7 +470,7 @@ extern "C" __global__ void mamba_logmel_step(const float* audio, const int* band
 // (xz and y are outputs of the op, so ONNX Runtime owns that memory.) The projections are
 // spread over many blocks (column tiles), so at batch 1 the weights are read by many SMs at
 // once instead of one. Each kernel takes RB rows per block: RB = 1 for small batches (lowest
-// latency), 8 or 16 for larger ones (the weights are read once per RB rows; cuda.rs
+// latency), 8 for larger ones (the weights are read once per RB rows; cuda.rs
 // `projection_rows` picks). A row's
 // arithmetic and rounding are the same whatever RB is, so a stream's scores do not depend on
 // the batch it is in.
@@ -741,10 +741,6 @@ extern "C" __global__ void layer_in8(const float* x, const float* norm_w, const 
                                      float* xz, int B, int Dm, int E2) {
     layer_in_rows<8>(x, norm_w, in_w, eps_p, xz, B, Dm, E2);
 }
-extern "C" __global__ void layer_in16(const float* x, const float* norm_w, const float* in_w, const float* eps_p,
-                                      float* xz, int B, int Dm, int E2) {
-    layer_in_rows<16>(x, norm_w, in_w, eps_p, xz, B, Dm, E2);
-}
 extern "C" __global__ void layer_out1(const float* x, const float* y, const float* out_w, float* x_out,
                                       int B, int Dm, int E) {
     layer_out_rows<1>(x, y, out_w, x_out, B, Dm, E);
@@ -752,10 +748,6 @@ extern "C" __global__ void layer_out1(const float* x, const float* y, const floa
 extern "C" __global__ void layer_out8(const float* x, const float* y, const float* out_w, float* x_out,
                                       int B, int Dm, int E) {
     layer_out_rows<8>(x, y, out_w, x_out, B, Dm, E);
-}
-extern "C" __global__ void layer_out16(const float* x, const float* y, const float* out_w, float* x_out,
-                                       int B, int Dm, int E) {
-    layer_out_rows<16>(x, y, out_w, x_out, B, Dm, E);
 }
 #define MIX_ENTRY(NAME, RB)                                                                       \
     extern "C" __global__ void NAME(const float* xz, const float* conv0, const float* h0,         \
