@@ -471,9 +471,8 @@ extern "C" __global__ void mamba_logmel_step(const float* audio, const int* band
 // spread over many blocks (column tiles), so at batch 1 the weights are read by many SMs at
 // once instead of one. Each kernel takes RB rows per block: RB = 1 for small batches (lowest
 // latency), 8 for larger ones (the weights are read once per RB rows; cuda.rs
-// `projection_rows` picks). A row's
-// arithmetic and rounding are the same whatever RB is, so a stream's scores do not depend on
-// the batch it is in.
+// `projection_rows` picks). A row's arithmetic and rounding are the same whatever RB is, so a
+// stream's scores do not depend on the batch it is in.
 
 #define UNROLL 16
 #define NORM_REGS 4  // layer_in: x values per lane held in registers (all of them up to d_model 128)
