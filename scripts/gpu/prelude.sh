@@ -39,6 +39,12 @@ chunk_benches() {
   timeout 90 $B/mambatag bench --device cuda --tf32 --model $M --streams 1 --steps 400 --chunk-streams ${TF32_LANES:-1024,4096,8192} --chunk-frames 1000 > $OUT/chunk_tf32.txt 2>&1
 }
 
+# step_rows ARGS...: the step bench with CUDA graphs, 1,000 timed steps, extra `mambatag bench`
+# ARGS (--streams, --kernels, ...); only the table's rows, for A/B files
+step_rows() {
+  timeout 100 $B/mambatag bench --device cuda --cuda-graph --model $M --steps 1000 --min-steps 1000 "$@" 2>&1 | grep -E '^ +[0-9]+ '
+}
+
 # ncu_launches N...: Nsight Compute GPU time per launch of the step at N streams (300 launches
 # after the first 1,150, CUDA graphs off so that every kernel is seen) -> $OUT/ncu.txt
 ncu_launches() {

@@ -26,13 +26,12 @@ for k in layer fused; do
 done
 # #6's offline number on whatever card came (FP32 chunk graph, model only)
 timeout 90 $B/mambatag bench --device cuda --model $M --streams 1 --steps 100 --chunk-streams 4096,8192 > $OUT/chunk.txt 2>&1
-bench() { timeout 90 $B/mambatag bench --device cuda --cuda-graph --model $M --steps 1000 --min-steps 1000 --streams "$@" 2>&1 | grep -E '^ +[0-9]+ '; }
 for r in 1 2; do
-  { echo "round $r: default"; bench 1,16,34,64,96,128,256,512,1024,4096,10240
-    for g in 1 2 8; do echo "round $r: LOGMEL_G=$g"; MAMBATAG_LOGMEL_G=$g bench 1,16,64,128; done
-    for rb in 1 2; do echo "round $r: LOGMEL_RB=$rb"; MAMBATAG_LOGMEL_RB=$rb bench 512,1024,4096,10240; done
-    for n in 32 64; do echo "round $r: LAYER_ROWS1=$n"; MAMBATAG_LAYER_ROWS1=$n bench 34,64,96,128; done
-    echo "round $r: mixh2.ptx"; MAMBATAG_PTX=$B/mixh2.ptx bench 34,64,128,256,512
+  { echo "round $r: default"; step_rows --streams 1,16,34,64,96,128,256,512,1024,4096,10240
+    for g in 1 2 8; do echo "round $r: LOGMEL_G=$g"; MAMBATAG_LOGMEL_G=$g step_rows --streams 1,16,64,128; done
+    for rb in 1 2; do echo "round $r: LOGMEL_RB=$rb"; MAMBATAG_LOGMEL_RB=$rb step_rows --streams 512,1024,4096,10240; done
+    for n in 32 64; do echo "round $r: LAYER_ROWS1=$n"; MAMBATAG_LAYER_ROWS1=$n step_rows --streams 34,64,96,128; done
+    echo "round $r: mixh2.ptx"; MAMBATAG_PTX=$B/mixh2.ptx step_rows --streams 34,64,128,256,512
   } >> $OUT/ab.txt
 done
 NCU=/usr/local/cuda/bin/ncu

@@ -18,13 +18,12 @@ gpu_tests layer fused
   MAMBATAG_GPU_KERNELS=layer timeout 150 $B/gputest --ignored --nocapture --test-threads 1; } >> $OUT/gpu_tests_layer.txt 2>&1
 cli_parity "step_auto:--engine step --cuda-graph" "step_fused:--engine step --kernels fused" "chunk:"
 S=1,16,64,128,192,256,384,512,1024,4096,10240
-bench() { timeout 100 $B/mambatag bench --device cuda --cuda-graph --model $M --steps 1000 --min-steps 1000 "$@" 2>&1 | grep -E '^ +[0-9]+ '; }
 for r in 1 2; do
-  { echo "round $r: default (mixh1 <= SMs < mixh2 <= 4 SMs)"; bench --streams $S
-    echo "round $r: MAMBATAG_LAYER_MIXH=1 (mixh1 only, main before)"; MAMBATAG_LAYER_MIXH=1 bench --streams 128,192,256,384,512
-    echo "round $r: --kernels layer, default (mix4 above 4 SMs)"; bench --kernels layer --streams 1024,2048,4096
-    echo "round $r: --kernels layer, MAMBATAG_LAYER_MIXH_MAX=65535 (mixh2 at any batch)"; MAMBATAG_LAYER_MIXH_MAX=65535 bench --kernels layer --streams 1024,2048,4096
-    echo "round $r: --kernels fused"; bench --kernels fused --streams 1024,2048,4096
+  { echo "round $r: default (mixh1 <= SMs < mixh2 <= 4 SMs)"; step_rows --streams $S
+    echo "round $r: MAMBATAG_LAYER_MIXH=1 (mixh1 only, main before)"; MAMBATAG_LAYER_MIXH=1 step_rows --streams 128,192,256,384,512
+    echo "round $r: --kernels layer, default (mix4 above 4 SMs)"; step_rows --kernels layer --streams 1024,2048,4096
+    echo "round $r: --kernels layer, MAMBATAG_LAYER_MIXH_MAX=65535 (mixh2 at any batch)"; MAMBATAG_LAYER_MIXH_MAX=65535 step_rows --kernels layer --streams 1024,2048,4096
+    echo "round $r: --kernels fused"; step_rows --kernels fused --streams 1024,2048,4096
   } >> $OUT/ab.txt
 done
 torch_loop $S

@@ -17,14 +17,13 @@ for v in 128 none; do
     MAMBATAG_GPU_MODEL=$M MAMBATAG_GPU_CUDA_GRAPH=1 MAMBATAG_GPU_KERNELS=layer timeout 150 $B/gputest --ignored --nocapture --test-threads 1; } >> $OUT/gpu_tests_layer.txt 2>&1
 done
 unset MAMBATAG_LAYER_ROWS16
-bench() { timeout 100 $B/mambatag bench --device cuda --cuda-graph --model $M --steps 1000 --min-steps 1000 "$@" 2>&1 | grep -E '^ +[0-9]+ '; }
 for r in $(seq ${ROUNDS:-2}); do
-  { echo "round $r: default (8-row projections)"; bench --streams 1,128,192,256,384,512,1024,4096,10240
-    echo "round $r: MAMBATAG_LAYER_ROWS16=132"; MAMBATAG_LAYER_ROWS16=132 bench --streams 192,256,384,512
-    echo "round $r: MAMBATAG_LAYER_ROWS16=264"; MAMBATAG_LAYER_ROWS16=264 bench --streams 384,512
-    echo "round $r: --kernels layer, default"; bench --kernels layer --streams 1024,2048
-    echo "round $r: --kernels layer, MAMBATAG_LAYER_ROWS16=264"; MAMBATAG_LAYER_ROWS16=264 bench --kernels layer --streams 1024,2048
-    echo "round $r: --kernels fused"; bench --kernels fused --streams 1024,2048
+  { echo "round $r: default (8-row projections)"; step_rows --streams 1,128,192,256,384,512,1024,4096,10240
+    echo "round $r: MAMBATAG_LAYER_ROWS16=132"; MAMBATAG_LAYER_ROWS16=132 step_rows --streams 192,256,384,512
+    echo "round $r: MAMBATAG_LAYER_ROWS16=264"; MAMBATAG_LAYER_ROWS16=264 step_rows --streams 384,512
+    echo "round $r: --kernels layer, default"; step_rows --kernels layer --streams 1024,2048
+    echo "round $r: --kernels layer, MAMBATAG_LAYER_ROWS16=264"; MAMBATAG_LAYER_ROWS16=264 step_rows --kernels layer --streams 1024,2048
+    echo "round $r: --kernels fused"; step_rows --kernels fused --streams 1024,2048
   } >> $OUT/ab.txt
 done
 { timeout 100 $B/mambatag bench --device cuda --model $M --streams 1 --steps 100 --chunk-streams 4096,8192,16384
