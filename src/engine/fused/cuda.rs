@@ -225,8 +225,9 @@ fn logmel_split(b: usize, t: usize, bands: usize, sms: usize) -> (usize, usize) 
 /// (at most 2) one after another, so the set-up is paid once per RB rows. In between, one row
 /// per block: two blocks per SM run at once, and 2 rows per block measured slower at 256
 /// streams on an H100 (154.7 vs 147.4 us per step). With the band table (session 15), 2 rows
-/// per block were 1–5 % faster than 4 and 8 at 512–1,024 streams and even at 4,096–10,240. `MAMBATAG_LOGMEL_G` / `MAMBATAG_LOGMEL_RB`
-/// override them (A/B timing only: a row's arithmetic is the same for any split).
+/// per block were 1–5 % faster than 4 and 8 at 512–1,024 streams and even at 4,096–10,240.
+/// `MAMBATAG_LOGMEL_G` / `MAMBATAG_LOGMEL_RB` override them (A/B timing only: a row's
+/// arithmetic is the same for any split).
 fn logmel_step_split(b: usize, bands: usize, sms: usize) -> (usize, usize) {
     let b = b.max(1);
     let (g, rb) = if b < sms {
@@ -511,9 +512,10 @@ fn launch_layer(
     };
     let t = LAYER_THREADS;
     let mix_shared = 4 * (rb_m * (d.e + w) + t as usize * rb_m);
-    // the projections' dynamic rows plus their static partial sums (kernels.cu: 4 * RB * IN_COLS
-    // and 8 * RB * OUT_COLS floats, 1 KB per row either way)
-    if mix_shared > SHARED_LIMIT || 4 * rb_p * d.e.max(d.dm) + 1024 * rb_p > SHARED_LIMIT {
+    // the projections' dynamic rows plus their static partial sums (kernels.cu's `part`:
+    // 4 * RB * IN_COLS floats in layer_in, 8 * RB * OUT_COLS in layer_out)
+    let proj_part = 4 * rb_p * (4 * IN_COLS).max(8 * OUT_COLS);
+    if mix_shared > SHARED_LIMIT || 4 * rb_p * d.e.max(d.dm) + proj_part > SHARED_LIMIT {
         return Err(err(format!(
             "MambaLayer (CUDA): d_model {} / d_inner {} need more than {SHARED_LIMIT} bytes of \
              shared memory per block (use the step-fused graph: --kernels fused)",
@@ -1268,13 +1270,19 @@ mod tests {
         assert_eq!(logmel_step_split(256, 64, sms), (1, 1));
         assert_eq!(logmel_step_split(264, 64, sms), (1, 2));
         assert_eq!(logmel_step_split(512, 64, sms), (1, 2));
-        // and the projections take 8 rows per block from half the SMs on
-        let rows = |b| projection_rows_for(b, sms, None);
-        assert_eq!((rows(66), rows(67), rows(16_384)), (1, 8, 8));
-        assert_eq!(projection_rows_for(128, sms, Some(128)), 1);
         assert_eq!(logmel_step_split(16_384, 64, sms), (1, 2));
         // never more groups than bands
         assert_eq!(logmel_step_split(1, 3, sms), (3, 1));
+    }
+
+    /// The three-launch path's projections take one row per block up to half the SM count and
+    /// 8 above; `MAMBATAG_LAYER_ROWS1` moves the bound.
+    #[test]
+    fn projections_take_8_rows_per_block_from_half_the_sms() {
+        let sms = 132;
+        let rows = |b| projection_rows_for(b, sms, None);
+        assert_eq!((rows(66), rows(67), rows(16_384)), (1, 8, 8));
+        assert_eq!(projection_rows_for(128, sms, Some(128)), 1);
     }
 
     /// Every frame of every row is covered exactly once, and the split follows the rules the
