@@ -208,9 +208,9 @@ extern "C" __global__ void __launch_bounds__(128, SSM_MIN_BLOCKS) mamba_ssm_r8n1
 // when the module is loaded); a block copies them to shared memory, with its bands' rows of the
 // filterbank's band table (see below; a mel filterbank is triangles: a band reads ~10 weights
 // instead of all 257). Its frames are transformed two at a time: frame t
-// as the real part and frame t+1 as the imaginary part of one 512-point complex FFT (radix 2 in
-// shared memory, ping-ponging between two buffers; a step groups its 9 stages into 3 passes), whose
-// spectrum Z splits into the two real spectra by symmetry:
+// as the real part and frame t+1 as the imaginary part of one 512-point complex FFT (radix 2, its
+// 9 stages in 3 passes of 3 through shared memory; a chunk's block transforms 4 pairs at once),
+// whose spectrum Z splits into the two real spectra by symmetry:
 //   |X_t[k]|^2 = ((Zr[k] + Zr[-k])^2 + (Zi[k] - Zi[-k])^2) / 4
 //   |X_t+1[k]|^2 = ((Zi[k] + Zi[-k])^2 + (Zr[k] - Zr[-k])^2) / 4.
 // The block computes bands [g*mb, (g+1)*mb) of the M, mb = ceil(M / G). The host picks F > 1
@@ -305,23 +305,34 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
                                             float* __restrict__ out, const float* __restrict__ hist,
                                             float* __restrict__ hist_out, int T, int S, int M, int G, int F,
                                             int H, int B, int RB) {
-    // element e of an FFT buffer is at FFT_PAD(e) for the passes (HIST), at e for the stages
-    __shared__ double re2[2][HIST ? FFT_LEN : 512];
-    __shared__ double im2[2][HIST ? FFT_LEN : 512];
-    __shared__ double pw[2][257];  // the power spectra of the pair
+    // NP pairs of frames per round, one per 64 threads: a step (HIST) has one frame per row, a
+    // chunk transforms 4 pairs (8 frames) at once on all 256 threads.
+    constexpr int NP = HIST ? 1 : 4;
+    // The FFT buffers, element e at FFT_PAD(e). A step ping-pongs between two (its pass 1 reads
+    // the samples, 2 and 3 read buffer 1 and 0 and write 0 and 1: Z ends in buffer 1); a chunk's
+    // pair p works in place in buffer p (each thread of a pass writes back exactly the 8
+    // elements it read: Z ends in buffer p). The power spectra then overwrite Z in place: bin k
+    // of the pair's first frame in re, of its second in im.
+    __shared__ double re2[HIST ? 2 : NP][FFT_LEN];
+    __shared__ double im2[HIST ? 2 : NP][FFT_LEN];
     __shared__ double tc[512];
     __shared__ double ts[512];
-    __shared__ double hann[400];
+    // the window and the bands' weights: in shared memory for a step; a chunk's 4 pairs leave
+    // no room under the 48 KB of static shared memory, so it reads them through the L1 cache
+    __shared__ double hann_sh[HIST ? 400 : 1];
     __shared__ int lo[256];
     __shared__ int hi[256];
     __shared__ int off[256];  // band's first weight, relative to the block's first (w0)
-    __shared__ double wsh[MEL_W > 0 ? MEL_W : 1];
+    __shared__ double wsh[HIST && MEL_W > 0 ? MEL_W : 1];
     const int tb = blockIdx.x / G, g = blockIdx.x % G;
     const int mb = (M + G - 1) / G, m0 = g * mb, m1 = min(M, m0 + mb), nb = max(0, m1 - m0);
     // the block's bands' weights: wts[w0 .. w0 + nw), in shared memory if they fit
     const int w0 = bands[2 * M + min(m0, M)], nw = bands[2 * M + min(m0, M) + nb] - w0;
-    const bool in_shared = nw <= MEL_W;
-    for (int n = threadIdx.x; n < 400; n += blockDim.x) hann[n] = g_hann[n];
+    const bool in_shared = HIST && nw <= MEL_W;
+    if (HIST) {
+        for (int n = threadIdx.x; n < 400; n += blockDim.x) hann_sh[n] = g_hann[n];
+    }
+    const double* hann = HIST ? hann_sh : g_hann;
     for (int k = threadIdx.x; k < 512; k += blockDim.x) {
         tc[k] = g_tc[k];
         ts[k] = g_ts[k];
@@ -335,120 +346,120 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
         for (int i = threadIdx.x; i < nw; i += blockDim.x) wsh[i] = wts[w0 + i];
     }
     const double* wb = in_shared ? wsh : wts + w0;
-    // The block's rows [b0, b0 + RB), one after another (its set-up above is paid once); RB = 1
-    // unless T = 1 (a step).
-    const long b0 = (long)blockIdx.y * RB, b1 = min((long)B, b0 + RB);
-    for (long b = b0; b < b1; b++) {
-        // sample i of the row's (history ++ audio)
-        auto smp = [&](long i) -> float {
-            if (HIST) return i < H ? hist[b * H + i] : audio[b * S + i - H];
-            return audio[b * S + i];
-        };
-        if (HIST && blockIdx.x == 0) {
-            for (int k = threadIdx.x; k < H; k += blockDim.x) hist_out[b * H + k] = smp((long)T * 160 + k);
+    // The block's rows [b0, b0 + RB) (RB = 1 unless T = 1: a step) and frames [t0, t1) of each
+    // (its set-up above is paid once). Frames t0 + 2j and t0 + 2j + 1 of a row are a pair
+    // (only a row's own frames share an FFT, so a row's spectra do not depend on other rows);
+    // pair v of the block is pair v % PR of row b0 + v / PR, and a round takes NP pairs.
+    const long b0 = (long)blockIdx.y * RB;
+    const int rows = (int)max(0L, min((long)B, b0 + RB) - b0);
+    const int t0 = tb * F, nt = max(0, min(T, t0 + F) - t0), PR = (nt + 1) / 2;
+    // sample i of row b's (history ++ audio)
+    auto smp = [&](long b, long i) -> float {
+        if (HIST) return i < H ? hist[b * H + i] : audio[b * S + i - H];
+        return audio[b * S + i];
+    };
+    if (HIST && blockIdx.x == 0) {
+        for (int r = 0; r < rows; r++) {
+            for (int k = threadIdx.x; k < H; k += blockDim.x) hist_out[(b0 + r) * H + k] = smp(b0 + r, (long)T * 160 + k);
         }
-        const int t1 = min(T, (tb + 1) * F);
-        for (int t = tb * F; t < t1; t += 2) {
-            const bool two = t + 1 < t1;
-            __syncthreads();  // set-up done / the previous pair's spectra read
-            const long x = (long)t * 160;
-            // The FFT. A step (HIST: one pair per block, few blocks; latency-bound) runs the 9 radix-2
-            // stages as 3 passes of 3 stages in registers: 3 barriers instead of 9, 2 us less per
-            // launch on an H100. A chunk (many blocks per SM; throughput-bound) keeps one stage at a
-            // time on all 256 threads: the passes' 64 threads made its graph 2 % slower. Both do the
-            // same butterflies with the same roundings: the spectra are the same bits.
-            if (HIST) {
-                // The 9 radix-2 stages as 3 passes of 3 stages (spans 1-2-4, 8-16-32, 64-128-256): in
-                // a pass, thread i < 64 holds in registers the 8 values that one group of butterflies of
-                // those 3 stages reads and writes, so a pass needs one barrier instead of three. The
-                // butterflies and their arithmetic are those of one stage at a time.
-                if (threadIdx.x < 64) {
-                    const int i = threadIdx.x;
-                    double vr[8], vi[8];
-                    // pass 1 reads the windowed samples: element 8i + m is sample rev9(8i + m)
+    }
+    for (int v0 = 0; v0 < rows * PR; v0 += NP) {
+        const int np = min(NP, rows * PR - v0);  // pairs in this round
+        // pair q's row, first frame and whether it has a second
+        auto pair_b = [&](int q) -> long { return b0 + (v0 + q) / PR; };
+        auto pair_t = [&](int q) -> int { return t0 + 2 * ((v0 + q) % PR); };
+        __syncthreads();  // set-up done / the previous round's spectra read
+        // The FFT: the 9 radix-2 stages as 3 passes of 3 stages (spans 1-2-4, 8-16-32,
+        // 64-128-256). In a pass, thread i of a pair's 64 holds in registers the 8 values that
+        // one group of butterflies of those 3 stages reads and writes, so a pass needs one
+        // barrier instead of three; the butterflies and their arithmetic are those of one stage
+        // at a time. A step's block (HIST: one pair, few blocks; latency-bound) leaves 192
+        // threads idle. Until session 17 a chunk ran one stage at a time on all 256 threads (9
+        // barriers per pair, 4 shared-memory accesses per butterfly), since one pair per block
+        // on 64 threads had been 2 % slower; 4 pairs per block keep the threads busy with 3
+        // barriers per round. Either way the same butterflies with the same roundings on the
+        // same pairs: the spectra are the same bits.
+        const int p = threadIdx.x >> 6, i = threadIdx.x & 63;
+        const bool busy = p < np;
+        const long b = busy ? pair_b(p) : 0;
+        const int t = busy ? pair_t(p) : 0;
+        const bool two = t + 1 < t0 + nt;  // the pair has a second frame
+        const long x = (long)t * 160;
+        double* re_a = HIST ? re2[1] : re2[p];  // pass 1's and 3's output
+        double* im_a = HIST ? im2[1] : im2[p];
+        double* re_b = HIST ? re2[0] : re2[p];  // pass 2's output
+        double* im_b = HIST ? im2[0] : im2[p];
+        if (busy) {
+            double vr[8], vi[8];
+            // pass 1 reads the windowed samples: element 8i + m is sample rev9(8i + m)
 #pragma unroll
-                    for (int m = 0; m < 8; m++) {
-                        const int n = __brev(8 * i + m) >> 23;
-                        vr[m] = (n < 400) ? (double)smp(x + n) * hann[n] : 0.0;
-                        vi[m] = (n < 400 && two) ? (double)smp(x + n + 160) * hann[n] : 0.0;
-                    }
-                    fft_pass(vr, vi, tc, ts, 1, 0);
-                    fft_store(vr, vi, re2[1], im2[1], 8 * i, 1);
-                }
-                __syncthreads();
-                if (threadIdx.x < 64) {
-                    const int i = threadIdx.x, j = i & 7, a0 = ((i >> 3) << 6) + j;  // span 8: groups of 64
-                    double vr[8], vi[8];
-                    fft_load(vr, vi, re2[1], im2[1], a0, 8);
-                    fft_pass(vr, vi, tc, ts, 8, j);
-                    fft_store(vr, vi, re2[0], im2[0], a0, 8);
-                }
-                __syncthreads();
-                if (threadIdx.x < 64) {
-                    const int i = threadIdx.x;  // span 64: one group of 512
-                    double vr[8], vi[8];
-                    fft_load(vr, vi, re2[0], im2[0], i, 64);
-                    fft_pass(vr, vi, tc, ts, 64, i);
-                    fft_store(vr, vi, re2[1], im2[1], i, 64);
-                }
-                __syncthreads();
-            } else {
-                for (int n = threadIdx.x; n < 512; n += blockDim.x) {
-                    const int r = __brev(n) >> 23;  // 9-bit reversal
-                    re2[0][r] = (n < 400) ? (double)smp(x + n) * hann[n] : 0.0;
-                    im2[0][r] = (n < 400 && two) ? (double)smp(x + n + 160) * hann[n] : 0.0;
-                }
-                __syncthreads();
-                int p = 0;
-                for (int half = 1; half < 512; half <<= 1, p ^= 1) {
-                    const double* re = re2[p];
-                    const double* im = im2[p];
-                    const int i = threadIdx.x;  // one butterfly per thread: 256 per stage
-                    const int j = i & (half - 1);
-                    const int a = ((i - j) << 1) + j;
-                    const int c = a + half;
-                    double ar = re[a], ai = im[a], cr = re[c], ci = im[c];
-                    fft_bfly(ar, ai, cr, ci, tc[half + j], ts[half + j]);  // w = exp(-pi i j / half)
-                    re2[p ^ 1][a] = ar;
-                    im2[p ^ 1][a] = ai;
-                    re2[p ^ 1][c] = cr;
-                    im2[p ^ 1][c] = ci;
-                    __syncthreads();
-                }
+            for (int m = 0; m < 8; m++) {
+                const int n = __brev(8 * i + m) >> 23;
+                vr[m] = (n < 400) ? (double)smp(b, x + n) * hann[n] : 0.0;
+                vi[m] = (n < 400 && two) ? (double)smp(b, x + n + 160) * hann[n] : 0.0;
             }
-            // 9 stages: Z is in buffer 1. Power spectra of bins 0..256 of both frames.
-            for (int k = threadIdx.x; k < 257; k += blockDim.x) {
-                const int q = (512 - k) & 511;
-                const int pk = HIST ? FFT_PAD(k) : k, pq = HIST ? FFT_PAD(q) : q;
-                const double zr = re2[1][pk], zi = im2[1][pk], wr = re2[1][pq], wi = im2[1][pq];
-                pw[0][k] = ((zr + wr) * (zr + wr) + (zi - wi) * (zi - wi)) * 0.25;
-                pw[1][k] = ((zi + wi) * (zi + wi) + (zr - wr) * (zr - wr)) * 0.25;
-            }
-            __syncthreads();
-            for (int i = threadIdx.x; i < (two ? 2 : 1) * nb; i += blockDim.x) {
-                const int f = i >= nb, m = m0 + i - f * nb;
-                const double* re = pw[f];
-                const int k0 = lo[m - m0], k1 = hi[m - m0];
-                const double* w = wb + off[m - m0] - k0;  // w[k]: bin k's weight in band m
-                double acc = 0.0, part = 0.0;
-                int q = k0 / MEL_BINS;
-                for (int k = k0; k < k1; k++) {
-                    if (k / MEL_BINS != q) {  // the next fixed range: its partial sum starts at 0
-                        acc += part;
-                        part = 0.0;
-                        q = k / MEL_BINS;
-                    }
-                    part += re[k] * w[k];
+            fft_pass(vr, vi, tc, ts, 1, 0);
+            fft_store(vr, vi, re_a, im_a, 8 * i, 1);
+        }
+        __syncthreads();
+        if (busy) {
+            const int j = i & 7, a0 = ((i >> 3) << 6) + j;  // span 8: groups of 64
+            double vr[8], vi[8];
+            fft_load(vr, vi, re_a, im_a, a0, 8);
+            fft_pass(vr, vi, tc, ts, 8, j);
+            fft_store(vr, vi, re_b, im_b, a0, 8);
+        }
+        __syncthreads();
+        if (busy) {  // span 64: one group of 512
+            double vr[8], vi[8];
+            fft_load(vr, vi, re_b, im_b, i, 64);
+            fft_pass(vr, vi, tc, ts, 64, i);
+            fft_store(vr, vi, re_a, im_a, i, 64);
+        }
+        __syncthreads();
+        // Power spectra of bins 0..256 of both frames of each pair, in place: item (q, k) reads
+        // Z[k] and Z[-k] of pair q and writes bin k, which no other item reads.
+        for (int n = threadIdx.x; n < 257 * np; n += blockDim.x) {
+            const int q = n / 257, k = n - 257 * q;
+            double* zre = HIST ? re2[1] : re2[q];
+            double* zim = HIST ? im2[1] : im2[q];
+            const int pk = FFT_PAD(k), pq = FFT_PAD((512 - k) & 511);
+            const double zr = zre[pk], zi = zim[pk], wr = zre[pq], wi = zim[pq];
+            zre[pk] = ((zr + wr) * (zr + wr) + (zi - wi) * (zi - wi)) * 0.25;
+            zim[pk] = ((zi + wi) * (zi + wi) + (zr - wr) * (zr - wr)) * 0.25;
+        }
+        __syncthreads();
+        // item (f, m): band m of frame f & 1 of pair f >> 1
+        for (int n = threadIdx.x; n < 2 * np * nb; n += blockDim.x) {
+            const int f = n / nb, m = m0 + n - f * nb, q = f >> 1;
+            const int tf = pair_t(q) + (f & 1);
+            if (tf >= t0 + nt) continue;  // a pair's missing second frame
+            const double* pw = HIST ? ((f & 1) ? im2[1] : re2[1]) : ((f & 1) ? im2[q] : re2[q]);
+            const int k0 = lo[m - m0], k1 = hi[m - m0];
+            const double* w = wb + off[m - m0] - k0;  // w[k]: bin k's weight in band m
+            double acc = 0.0, part = 0.0;
+            int r = k0 / MEL_BINS;
+            for (int k = k0; k < k1; k++) {
+                if (k / MEL_BINS != r) {  // the next fixed range: its partial sum starts at 0
+                    acc += part;
+                    part = 0.0;
+                    r = k / MEL_BINS;
                 }
-                acc += part;
-                out[(b * T + t + f) * M + m] = (float)log(acc + 1e-6);
+                part += pw[FFT_PAD(k)] * w[k];
             }
+            acc += part;
+            out[(pair_b(q) * T + tf) * M + m] = (float)log(acc + 1e-6);
         }
     }
 }
 
 // grid (ceil(T / F) * G, ceil(B / RB))
-extern "C" __global__ void mamba_logmel(const float* audio, const int* bands, const double* wts, float* out,
+// 4 resident blocks per SM (its 48 KB of shared memory allow 4): 64 registers, no spills
+// (ptxas 13.0.88, sm_90; 120 without the bound, which leaves room for only 2 blocks)
+#ifndef LOGMEL_MIN_BLOCKS
+#define LOGMEL_MIN_BLOCKS 4
+#endif
+extern "C" __global__ void __launch_bounds__(256, LOGMEL_MIN_BLOCKS) mamba_logmel(const float* audio, const int* bands, const double* wts, float* out,
                                         int T, int S, int M, int G, int F, int B, int RB) {
     logmel_rows<false>(audio, bands, wts, out, nullptr, nullptr, T, S, M, G, F, 0, B, RB);
 }
@@ -736,7 +747,12 @@ extern "C" __global__ void layer_in1(const float* x, const float* norm_w, const 
                                      float* xz, int B, int Dm, int E2) {
     layer_in_rows<1>(x, norm_w, in_w, eps_p, xz, B, Dm, E2);
 }
-extern "C" __global__ void layer_in8(const float* x, const float* norm_w, const float* in_w, const float* eps_p,
+#ifdef PROJ_MIN_BLOCKS  // A/B variant (-D PROJ_MIN_BLOCKS=3): the 8-row projections' occupancy
+#define PROJ_BOUNDS __launch_bounds__(256, PROJ_MIN_BLOCKS)
+#else
+#define PROJ_BOUNDS
+#endif
+extern "C" __global__ void PROJ_BOUNDS layer_in8(const float* x, const float* norm_w, const float* in_w, const float* eps_p,
                                      float* xz, int B, int Dm, int E2) {
     layer_in_rows<8>(x, norm_w, in_w, eps_p, xz, B, Dm, E2);
 }
@@ -744,7 +760,7 @@ extern "C" __global__ void layer_out1(const float* x, const float* y, const floa
                                       int B, int Dm, int E) {
     layer_out_rows<1>(x, y, out_w, x_out, B, Dm, E);
 }
-extern "C" __global__ void layer_out8(const float* x, const float* y, const float* out_w, float* x_out,
+extern "C" __global__ void PROJ_BOUNDS layer_out8(const float* x, const float* y, const float* out_w, float* x_out,
                                       int B, int Dm, int E) {
     layer_out_rows<8>(x, y, out_w, x_out, B, Dm, E);
 }
