@@ -205,7 +205,8 @@ extern "C" __global__ void __launch_bounds__(128, SSM_MIN_BLOCKS) mamba_ssm_r8n1
 //   out   [B, T, M] float32: ln(mel^T |DFT512(hann400 * frame_t)|^2 + 1e-6)
 // frame t = audio[b, t*160 : t*160 + 400]. One block of 256 threads per (F frames, g, b).
 // The Hann window and the FFT twiddles are tables made once per module (`mamba_tables`, launched
-// when the module is loaded); a block copies them to shared memory, with its bands' rows of the
+// when the module is loaded); a block copies the twiddles to shared memory (a step's block the
+// window too, and its bands' weights when they fit), with its bands' rows of the
 // filterbank's band table (see below; a mel filterbank is triangles: a band reads ~10 weights
 // instead of all 257). Its frames are transformed two at a time: frame t
 // as the real part and frame t+1 as the imaginary part of one 512-point complex FFT (radix 2, its
@@ -221,8 +222,9 @@ extern "C" __global__ void __launch_bounds__(128, SSM_MIN_BLOCKS) mamba_ssm_r8n1
 // The band table (made on the host from `mel [257, M]` once per op: cuda.rs `band_table`):
 //   bands [3M + 1] int: lo[M], then hi[M], then off[M + 1]; band m's weights for bins [lo, hi)
 //   are wts[off[m] .. off[m] + hi - lo) (interior zeros included), an empty band has lo = hi.
-// A block copies its bands' weights into shared memory when they fit (MEL_W), else reads them
-// where they are; either way the same products are added in the same order.
+// A step's block copies its bands' weights into shared memory when they fit (MEL_W); a chunk's
+// block, and a step's when they do not fit, reads them where they are (through L1); either way
+// the same products are added in the same order.
 // grid (ceil(T / F) * G, B), block 256
 #define MEL_PARTS 8
 #define MEL_BINS 33  // MEL_PARTS * MEL_BINS >= 257
@@ -360,7 +362,9 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
     };
     if (HIST && blockIdx.x == 0) {
         for (int r = 0; r < rows; r++) {
-            for (int k = threadIdx.x; k < H; k += blockDim.x) hist_out[(b0 + r) * H + k] = smp(b0 + r, (long)T * 160 + k);
+            for (int k = threadIdx.x; k < H; k += blockDim.x) {
+                hist_out[(b0 + r) * H + k] = smp(b0 + r, (long)T * 160 + k);
+            }
         }
     }
     for (int v0 = 0; v0 < rows * PR; v0 += NP) {
