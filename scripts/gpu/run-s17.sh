@@ -11,7 +11,8 @@
 # log-mel and conv kernels per variant (-> ncu_lm.txt); Nsight sections of layer_mixh2 / layer_in8 at 512
 # streams (#5; NO_NCU=1 leaves them out) (-> ncu_512.txt). Variants in .gpubin/ptx/NAME.ptx.xz:
 # old (main before), mb1 (no launch bound: 120 registers, 2 blocks per SM), mb3, and cu4 / cu8
-# (mamba_conv's frame loop unrolled 4 / 8 times: `-D CONV_UNROLL=N`). ROUNDS (chunk, default 3)
+# (mamba_conv's frame loop unrolled 4 / 8 times: `-D CONV_UNROLL=N`, no faster: removed from
+# kernels.cu after this ran). ROUNDS (chunk, default 3)
 # and STEP_ROUNDS (default 2) shorten it.
 set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
