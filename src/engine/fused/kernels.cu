@@ -317,6 +317,7 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
     // of the pair's first frame in re, of its second in im.
     __shared__ double re2[HIST ? 2 : NP][FFT_LEN];
     __shared__ double im2[HIST ? 2 : NP][FFT_LEN];
+    auto zbuf = [](int q) -> int { return HIST ? 1 : q; };  // the buffer where pair q's Z ends
     __shared__ double tc[512];
     __shared__ double ts[512];
     // the window and the bands' weights: in shared memory for a step; a chunk's 4 pairs leave
@@ -389,10 +390,10 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
         const int t = busy ? pair_t(p) : 0;
         const bool two = t + 1 < t0 + nt;  // the pair has a second frame
         const long x = (long)t * 160;
-        double* re_a = HIST ? re2[1] : re2[p];  // pass 1's and 3's output
-        double* im_a = HIST ? im2[1] : im2[p];
-        double* re_b = HIST ? re2[0] : re2[p];  // pass 2's output
-        double* im_b = HIST ? im2[0] : im2[p];
+        double* re_a = re2[zbuf(p)];  // pass 1's and 3's output
+        double* im_a = im2[zbuf(p)];
+        double* re_b = re2[HIST ? 0 : p];  // pass 2's output
+        double* im_b = im2[HIST ? 0 : p];
         if (busy) {
             double vr[8], vi[8];
             // pass 1 reads the windowed samples: element 8i + m is sample rev9(8i + m)
@@ -425,8 +426,8 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
         // Z[k] and Z[-k] of pair q and writes bin k, which no other item reads.
         for (int n = threadIdx.x; n < 257 * np; n += blockDim.x) {
             const int q = n / 257, k = n - 257 * q;
-            double* zre = HIST ? re2[1] : re2[q];
-            double* zim = HIST ? im2[1] : im2[q];
+            double* zre = re2[zbuf(q)];
+            double* zim = im2[zbuf(q)];
             const int pk = FFT_PAD(k), pq = FFT_PAD((512 - k) & 511);
             const double zr = zre[pk], zi = zim[pk], wr = zre[pq], wi = zim[pq];
             zre[pk] = ((zr + wr) * (zr + wr) + (zi - wi) * (zi - wi)) * 0.25;
@@ -438,7 +439,7 @@ __device__ __forceinline__ void logmel_rows(const float* __restrict__ audio, con
             const int f = n / nb, m = m0 + n - f * nb, q = f >> 1;
             const int tf = pair_t(q) + (f & 1);
             if (tf >= t0 + nt) continue;  // a pair's missing second frame
-            const double* pw = HIST ? ((f & 1) ? im2[1] : re2[1]) : ((f & 1) ? im2[q] : re2[q]);
+            const double* pw = (f & 1) ? im2[zbuf(q)] : re2[zbuf(q)];
             const int k0 = lo[m - m0], k1 = hi[m - m0];
             const double* w = wb + off[m - m0] - k0;  // w[k]: bin k's weight in band m
             double acc = 0.0, part = 0.0;
