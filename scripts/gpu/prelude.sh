@@ -64,3 +64,12 @@ torch_loop() {
   python3 -c "from models.weights import MambaConfig, init_weights, save_weights as s; c = MambaConfig(128, 4, labels=[f'c{i}' for i in range(8)]); s('/tmp/rand.safetensors', init_weights(c, seed=1), c)" &&
     timeout 150 python3 -m models.bench_torch /tmp/rand.safetensors --streams "$1" --steps 60 > $OUT/torch.jsonl 2>&1
 }
+
+# use_ptx NAME: the commands after it load .gpubin/ptx/NAME.ptx.xz (a kernels.cu variant built
+# with `scripts/build-ptx.py ... --out`) through MAMBATAG_PTX; `use_ptx new` goes back to the
+# binary's own PTX
+use_ptx() {
+  if [ "$1" = new ]; then unset MAMBATAG_PTX; return; fi
+  [ -f /tmp/$1.ptx ] || unxz_to .gpubin/ptx/$1.ptx.xz /tmp/$1.ptx
+  export MAMBATAG_PTX=/tmp/$1.ptx
+}

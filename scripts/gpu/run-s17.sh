@@ -17,49 +17,46 @@
 set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/gpu.txt
-V=""
-for f in .gpubin/ptx/*.ptx.xz; do v=$(basename $f .ptx.xz); unxz_to $f /tmp/$v.ptx; V="$V $v"; done
-# ptx NAME: the variant's PTX for the commands after it (new: the binary's own)
-ptx() { if [ $1 = new ]; then unset MAMBATAG_PTX; else export MAMBATAG_PTX=/tmp/$1.ptx; fi; }
+V=$(for f in .gpubin/ptx/*.ptx.xz; do basename $f .ptx.xz; done)
 gpu_tests layer fused
 cli_parity "step_auto:--engine step --cuda-graph" "step_fused:--engine step --kernels fused" "chunk:"
 for v in new old; do
-  ptx $v
+  use_ptx $v
   $B/mambatag tag demo/demo.flac --frames --device cuda > /tmp/bits_chunk_$v.jsonl
   $B/mambatag tag demo/demo.flac --frames --device cuda --engine step --kernels fused > /tmp/bits_fused_$v.jsonl
   $B/mambatag tag demo/demo.flac --frames --device cuda --engine step --kernels layer > /tmp/bits_layer_$v.jsonl
 done
-ptx new
+use_ptx new
 for p in chunk fused layer; do
   cmp /tmp/bits_${p}_new.jsonl /tmp/bits_${p}_old.jsonl && echo "$p: identical ($(wc -l < /tmp/bits_${p}_new.jsonl) lines)" || echo "$p: DIFFERENT"
 done > $OUT/bits.txt 2>&1
 for r in $(seq ${ROUNDS:-3}); do
   for v in new $V; do
-    ptx $v
+    use_ptx $v
     echo "round $r: $v" >> $OUT/chunk_ab.txt
     timeout 60 $B/mambatag bench --device cuda --model $M --streams 1 --steps 400 --chunk-streams 4096,8192 2>&1 | grep -E "chunk" >> $OUT/chunk_ab.txt
   done
 done
-ptx new
+use_ptx new
 for r in $(seq ${STEP_ROUNDS:-2}); do
   for v in new old; do
-    ptx $v
+    use_ptx $v
     { echo "round $r: $v"; step_rows --streams 1,256,512
       echo "round $r: $v --kernels fused"; step_rows --kernels fused --streams 1024,4096,10240
       [ $v = new ] && { echo "round $r: new --kernels fused MAMBATAG_LOGMEL_RB=4"; MAMBATAG_LOGMEL_RB=4 step_rows --kernels fused --streams 1024,4096,10240; }
     } >> $OUT/step_ab.txt
   done
 done
-ptx new
+use_ptx new
 NCU=/usr/local/cuda/bin/ncu
 for v in new old cu4; do
-  ptx $v
+  use_ptx $v
   echo "== $v" >> $OUT/ncu_lm.txt
   timeout 60 $NCU --clock-control none -k regex:'mamba_logmel|mamba_conv' -c 150 --metrics gpu__time_duration.sum --csv \
     $B/mambatag bench --device cuda --model $M --streams 1 --steps 30 --min-steps 30 --chunk-streams 4096 > /tmp/n_$v.csv 2>/tmp/n_$v.err
   python3 scripts/gpu/ncu-summary.py /tmp/n_$v.csv --grid >> $OUT/ncu_lm.txt 2>&1
 done
-ptx new
+use_ptx new
 [ -n "${NO_NCU:-}" ] || timeout 120 $NCU --clock-control none -k regex:'layer_in8|layer_mixh2' \
   --launch-skip 200 --launch-count 8 --section SpeedOfLight --section Occupancy --section LaunchStats \
   --section SchedulerStats --section WarpStateStats --section MemoryWorkloadAnalysis \

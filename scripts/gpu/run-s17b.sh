@@ -8,19 +8,17 @@
 set -x
 source "$(dirname "$0")/prelude.sh" 2>/dev/null || source scripts/gpu/prelude.sh
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > $OUT/gpu.txt
-unxz_to .gpubin/ptx/old.ptx.xz /tmp/old.ptx
-unxz_to .gpubin/ptx/pb3.ptx.xz /tmp/pb3.ptx
 for r in $(seq ${ROUNDS:-3}); do
   for v in new old; do
-    if [ $v = new ]; then unset MAMBATAG_PTX; else export MAMBATAG_PTX=/tmp/old.ptx; fi
+    use_ptx $v
     echo "round $r: $v" >> $OUT/chunk_ab.txt
     timeout 60 $B/mambatag bench --device cuda --model $M --streams 1 --steps 400 --chunk-streams 4096,8192 2>&1 | grep -E "chunk" >> $OUT/chunk_ab.txt
     { echo "round $r: $v"; step_rows --streams 1,4096,10240; } >> $OUT/step_ab.txt
   done
   for v in new pb3; do
-    if [ $v = new ]; then unset MAMBATAG_PTX; else export MAMBATAG_PTX=/tmp/pb3.ptx; fi
+    use_ptx $v
     { echo "round $r: $v"; step_rows --streams 128,256,384,512; } >> $OUT/step_ab.txt
   done
 done
-unset MAMBATAG_PTX
+use_ptx new
 cat $OUT/gpu.txt $OUT/chunk_ab.txt $OUT/step_ab.txt
